@@ -1,0 +1,175 @@
+//! `loadgen`: a paced RTP load generator and a measuring sink in one process.
+//!
+//! Each line of `--targets` is `SRC DST SINK`: flow i sends from a socket bound to SRC to DST,
+//! and its packets must come back at a socket bound to SINK (the relay under test forwards DST's
+//! traffic there). Sender and sink are separate pinned threads sharing only CLOCK_MONOTONIC, so
+//! the one-way latency is measured without any cross-thread traffic per packet. The result is a
+//! single JSON object on stdout; progress markers for the orchestrator go to stderr.
+
+mod sender;
+mod sink;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use rtprelay_benches::{rtp, sys};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "Paced RTP load generator with a loss/reorder/latency measuring sink")]
+pub struct Args {
+    /// File with one `SRC DST SINK` line (three IP:PORT) per flow.
+    #[arg(long)]
+    targets: std::path::PathBuf,
+    /// Aggregate packets per second, spread round-robin over all flows.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Sending duration.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Datagram size in bytes (RTP header included).
+    #[arg(long, default_value_t = 172)]
+    size: usize,
+    /// Pin the sending thread to this core.
+    #[arg(long)]
+    core: Option<usize>,
+    /// Pin the sink thread to this core.
+    #[arg(long)]
+    recv_core: Option<usize>,
+    /// How long the sink keeps listening after the last packet was sent, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    drain_ms: u64,
+}
+
+/// One line of the targets file.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub sink: SocketAddr,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.size < rtp::MIN_PACKET_LEN || args.size > 65507 {
+        bail!("--size must be between {} and 65507", rtp::MIN_PACKET_LEN);
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+        bail!("--seconds must be in (0, 3600]");
+    }
+    if args.rate == 0 {
+        bail!("--rate must be positive");
+    }
+    sys::install_stop_handler().context("signal handlers")?;
+    let targets = read_targets(&args.targets)?;
+
+    // Bind every sink before the first packet leaves, or the first ones would bounce.
+    let sinks = targets.iter().map(|t| sys::udp_socket(t.sink)).collect::<Result<Vec<_>>>()?;
+    let sources = targets
+        .iter()
+        .map(|t| {
+            let s = sys::udp_socket(t.src)?;
+            s.connect(&t.dst.into()).with_context(|| format!("connect {}", t.dst))?;
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    let stop_sink = Arc::new(AtomicBool::new(false));
+    let sink_thread = {
+        let stop = Arc::clone(&stop_sink);
+        let (core, size) = (args.recv_core, args.size);
+        std::thread::Builder::new()
+            .name("loadgen-sink".into())
+            .spawn(move || sink::run(sinks, size, core, &stop))
+            .context("spawn sink thread")?
+    };
+    let sender_thread = {
+        let cfg = sender::Config {
+            rate: args.rate,
+            duration: Duration::from_secs_f64(args.seconds),
+            size: args.size,
+            core: args.core,
+        };
+        std::thread::Builder::new()
+            .name("loadgen-send".into())
+            .spawn(move || sender::run(sources, &cfg))
+            .context("spawn sender thread")?
+    };
+
+    let sent = sender_thread.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
+    // Let packets still queued in the relay arrive before the sink stops counting.
+    std::thread::sleep(Duration::from_millis(args.drain_ms));
+    stop_sink.store(true, Ordering::Relaxed);
+    let received = sink_thread.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))?;
+    let (sent, received) = (sent?, received?);
+
+    println!("{}", report(&sent, &received)?);
+    Ok(())
+}
+
+fn report(sent: &sender::Sent, rx: &sink::Received) -> Result<serde_json::Value> {
+    let total_sent: u64 = sent.per_flow.iter().sum();
+    let total_rx: u64 = rx.flows.iter().map(|f| f.received).sum();
+    let lost: u64 = sent
+        .per_flow
+        .iter()
+        .zip(&rx.flows)
+        .map(|(s, r)| s.saturating_sub(r.received))
+        .sum();
+    let secs = sent.duration.as_secs_f64();
+    let h = &rx.latency_ns;
+    let us = |q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
+    Ok(json!({
+        "flows": sent.per_flow.len(),
+        "sent": total_sent,
+        "received": total_rx,
+        "lost": lost,
+        "loss_pct": if total_sent == 0 { 0.0 } else { 100.0 * lost as f64 / total_sent as f64 },
+        "reordered": rx.flows.iter().map(|f| f.reordered).sum::<u64>(),
+        "duplicates": rx.flows.iter().map(|f| f.duplicates).sum::<u64>(),
+        "silent_flows": rx.flows.iter().filter(|f| f.received == 0).count(),
+        "latency_us": {
+            "p50": us(0.5), "p90": us(0.9), "p99": us(0.99), "p999": us(0.999),
+            "max": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+        },
+        "achieved_send_pps": if secs > 0.0 { total_sent as f64 / secs } else { 0.0 },
+        "send_seconds": secs,
+        "send_dropped": sent.dropped,
+        "send_errors": sent.errors,
+        "misrouted": rx.misrouted,
+        "invalid": rx.invalid,
+    }))
+}
+
+fn read_targets(path: &Path) -> Result<Vec<Target>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut targets = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [src, dst, sink] = fields[..] else {
+            bail!("{}:{}: expected `SRC DST SINK`", path.display(), n + 1);
+        };
+        let addr = |s: &str| {
+            s.parse::<SocketAddr>()
+                .with_context(|| format!("{}:{}: bad address {s:?}", path.display(), n + 1))
+        };
+        targets.push(Target { src: addr(src)?, dst: addr(dst)?, sink: addr(sink)? });
+    }
+    if targets.is_empty() {
+        bail!("{} lists no flows", path.display());
+    }
+    if targets.len() > u32::MAX as usize {
+        bail!("too many flows");
+    }
+    Ok(targets)
+}

@@ -1,0 +1,165 @@
+//! The benchmark's RTP test packets and the sink's per-flow sequence bookkeeping.
+//!
+//! Packets are real RTP v2 (so a relay that inspects headers treats them as media) and carry, at
+//! the start of the payload, the sender's CLOCK_MONOTONIC timestamp and the flow index, so the
+//! sink can measure one-way latency and detect misrouted packets without any shared state.
+
+/// RTP fixed header length (no CSRCs, no extension).
+pub const HEADER_LEN: usize = 12;
+/// Header plus the 8-byte send timestamp and the 4-byte flow index.
+pub const MIN_PACKET_LEN: usize = HEADER_LEN + 12;
+/// RTP timestamp increment per packet: 20 ms of 8 kHz audio (PCMU, payload type 0).
+pub const TIMESTAMP_STEP: u32 = 160;
+
+/// Writes the header and the measurement fields into `buf` (at least `MIN_PACKET_LEN` bytes;
+/// the rest of the payload is left as is).
+pub fn write_packet(buf: &mut [u8], seq: u16, timestamp: u32, ssrc: u32, sent_ns: u64, flow: u32) {
+    buf[0] = 0x80; // V=2, no padding, no extension, no CSRC
+    buf[1] = 0; // no marker, PT 0 (PCMU)
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    buf[12..20].copy_from_slice(&sent_ns.to_be_bytes());
+    buf[20..24].copy_from_slice(&flow.to_be_bytes());
+}
+
+/// The fields the sink needs from a received test packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    pub seq: u16,
+    pub sent_ns: u64,
+    pub flow: u32,
+}
+
+/// Parses a test packet; `None` if it is too short or not RTP v2.
+pub fn parse_packet(pkt: &[u8]) -> Option<Parsed> {
+    if pkt.len() < MIN_PACKET_LEN || pkt[0] >> 6 != 2 {
+        return None;
+    }
+    Some(Parsed {
+        seq: u16::from_be_bytes([pkt[2], pkt[3]]),
+        sent_ns: u64::from_be_bytes(pkt[12..20].try_into().ok()?),
+        flow: u32::from_be_bytes(pkt[20..24].try_into().ok()?),
+    })
+}
+
+/// How a packet relates to what the flow already delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Newer than anything seen so far (gaps allowed).
+    InOrder,
+    /// Older than the highest sequence number seen, and not seen before.
+    Reordered,
+    /// Already seen (within the last `WINDOW` sequence numbers).
+    Duplicate,
+}
+
+/// How far back duplicates are detected; older late packets count as reordered.
+const WINDOW: i64 = 1024;
+
+/// Tracks one flow's 16-bit RTP sequence numbers, extended to 64 bits so wrap-around (every
+/// 65536 packets, i.e. under a second at 100k pps on one flow) is handled, with a ring bitmap of
+/// the last `WINDOW` numbers to tell duplicates from reordering.
+#[derive(Debug, Clone)]
+pub struct SeqTracker {
+    highest: Option<i64>,
+    seen: [u64; (WINDOW / 64) as usize],
+}
+
+impl Default for SeqTracker {
+    fn default() -> Self {
+        Self { highest: None, seen: [0; (WINDOW / 64) as usize] }
+    }
+}
+
+impl SeqTracker {
+    pub fn observe(&mut self, seq: u16) -> Arrival {
+        let Some(highest) = self.highest else {
+            // Start well above zero so early reordered packets never go negative.
+            let ext = i64::from(seq) + (1 << 16);
+            self.highest = Some(ext);
+            self.mark(ext);
+            return Arrival::InOrder;
+        };
+        let delta = i64::from(seq.wrapping_sub(highest as u16) as i16);
+        let ext = highest + delta;
+        if delta > 0 {
+            if delta >= WINDOW {
+                self.seen = [0; (WINDOW / 64) as usize];
+            } else {
+                for skipped in highest + 1..ext {
+                    self.clear(skipped);
+                }
+            }
+            self.highest = Some(ext);
+            self.mark(ext);
+            Arrival::InOrder
+        } else if delta == 0 {
+            Arrival::Duplicate
+        } else if -delta >= WINDOW {
+            Arrival::Reordered
+        } else if self.is_marked(ext) {
+            Arrival::Duplicate
+        } else {
+            self.mark(ext);
+            Arrival::Reordered
+        }
+    }
+
+    fn slot(ext: i64) -> (usize, u64) {
+        let bit = ext.rem_euclid(WINDOW) as usize;
+        (bit / 64, 1u64 << (bit % 64))
+    }
+
+    fn mark(&mut self, ext: i64) {
+        let (word, mask) = Self::slot(ext);
+        self.seen[word] |= mask;
+    }
+
+    fn clear(&mut self, ext: i64) {
+        let (word, mask) = Self::slot(ext);
+        self.seen[word] &= !mask;
+    }
+
+    fn is_marked(&self, ext: i64) -> bool {
+        let (word, mask) = Self::slot(ext);
+        self.seen[word] & mask != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_round_trip() {
+        let mut buf = [0u8; 172];
+        write_packet(&mut buf, 65535, 160, 0xdead_beef, 123_456_789, 42);
+        let p = parse_packet(&buf).expect("valid packet");
+        assert_eq!(p, Parsed { seq: 65535, sent_ns: 123_456_789, flow: 42 });
+        assert!(parse_packet(&buf[..20]).is_none());
+    }
+
+    #[test]
+    fn wraparound_is_in_order() {
+        let mut t = SeqTracker::default();
+        for i in 0..200_000u32 {
+            assert_eq!(t.observe((i % 65536) as u16), Arrival::InOrder);
+        }
+    }
+
+    #[test]
+    fn detects_reorder_and_duplicates() {
+        let mut t = SeqTracker::default();
+        assert_eq!(t.observe(65534), Arrival::InOrder);
+        assert_eq!(t.observe(1), Arrival::InOrder); // gap across the wrap
+        assert_eq!(t.observe(65535), Arrival::Reordered);
+        assert_eq!(t.observe(65535), Arrival::Duplicate);
+        assert_eq!(t.observe(0), Arrival::Reordered);
+        assert_eq!(t.observe(1), Arrival::Duplicate);
+        assert_eq!(t.observe(2), Arrival::InOrder);
+        // A slot reused after the window moved on is not mistaken for a duplicate.
+        assert_eq!(t.observe(2 + 1024), Arrival::InOrder);
+        assert_eq!(t.observe(2 + 1023), Arrival::Reordered);
+    }
+}

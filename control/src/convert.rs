@@ -1,0 +1,108 @@
+//! Data-plane values to their gRPC messages.
+
+use std::net::SocketAddr;
+
+use rtprelay_dataplane::stats::{DirectionStats, DropCounters, PacketCounters};
+use rtprelay_dataplane::{CreateError, Event, EventKind, Protocol, SessionSnapshot, SessionState};
+use rtprelay_proto::v1;
+use tonic::{Code, Status};
+
+pub fn endpoint(addr: SocketAddr) -> v1::Endpoint {
+    v1::Endpoint { address: addr.ip().to_string(), port: u32::from(addr.port()) }
+}
+
+pub fn state(s: SessionState) -> v1::SessionState {
+    match s {
+        SessionState::Connecting => v1::SessionState::Connecting,
+        SessionState::Forwarding => v1::SessionState::Forwarding,
+        SessionState::Error => v1::SessionState::Error,
+        SessionState::Closed => v1::SessionState::Closed,
+    }
+}
+
+fn counters(c: &PacketCounters) -> v1::PacketCounters {
+    let DropCounters { unexpected_source, no_client, send_error, truncated } = c.dropped;
+    v1::PacketCounters {
+        packets_received: c.packets_received,
+        bytes_received: c.bytes_received,
+        packets_sent: c.packets_sent,
+        bytes_sent: c.bytes_sent,
+        dropped: Some(v1::DropCounters { unexpected_source, no_client, send_error, truncated }),
+    }
+}
+
+fn direction(d: &DirectionStats) -> v1::DirectionStats {
+    v1::DirectionStats {
+        rtp: Some(counters(&d.rtp)),
+        rtcp: Some(counters(&d.rtcp)),
+        last_activity_unix_us: d.last_activity_us,
+    }
+}
+
+pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
+    v1::SessionInfo {
+        session_id: s.id.clone(),
+        protocol: match s.protocol {
+            Protocol::Udp => v1::Protocol::Udp,
+            Protocol::Tcp => v1::Protocol::Tcp,
+        } as i32,
+        state: state(s.state) as i32,
+        listen: Some(endpoint(s.listen)),
+        connect: Some(endpoint(s.connect)),
+        destination: Some(endpoint(s.destination)),
+        client: s.client.map(endpoint),
+        client_rtcp: s.client_rtcp.map(endpoint),
+        created_unix_us: s.created_us,
+        forward: Some(direction(&s.forward)),
+        reverse: Some(direction(&s.reverse)),
+        shard: s.shard,
+    }
+}
+
+pub fn event(e: &Event) -> v1::SessionEvent {
+    use v1::session_event::Kind;
+    let kind = match &e.kind {
+        EventKind::Created(s) => Kind::Created(v1::Created { session: Some(session(s)) }),
+        EventKind::StateChanged { from, to, reason } => Kind::StateChanged(v1::StateChanged {
+            from: state(*from) as i32,
+            to: state(*to) as i32,
+            reason: reason.clone(),
+        }),
+        EventKind::Error(message) => Kind::Error(v1::ErrorEvent { message: message.clone() }),
+        EventKind::Closed { reason, session: s } => Kind::Closed(v1::Closed {
+            reason: reason.as_str().to_owned(),
+            session: Some(session(s)),
+        }),
+    };
+    v1::SessionEvent { session_id: e.session_id.clone(), timestamp_unix_us: e.at_us, kind: Some(kind) }
+}
+
+/// The gRPC status for a refused create: the code says what kind of problem, the message which
+/// field and why.
+pub fn create_error(e: &CreateError) -> Status {
+    let code = match e {
+        CreateError::AlreadyExists(_) | CreateError::PortInUse { .. } => Code::AlreadyExists,
+        CreateError::NotLocal { .. } => Code::InvalidArgument,
+        CreateError::PortsExhausted { .. } | CreateError::TooManySockets => Code::ResourceExhausted,
+        CreateError::Unsupported { .. } => Code::Unimplemented,
+        CreateError::ShuttingDown => Code::Unavailable,
+        CreateError::Socket { source, .. } => match source.raw_os_error() {
+            Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM) => {
+                Code::ResourceExhausted
+            }
+            Some(libc_errno::EACCES | libc_errno::EPERM) => Code::PermissionDenied,
+            _ => Code::Internal,
+        },
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The few errno values the control plane distinguishes (kept here so this crate needs no libc).
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOMEM: i32 = 12;
+    pub const EACCES: i32 = 13;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+    pub const ENOBUFS: i32 = 105;
+}

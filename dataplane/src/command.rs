@@ -1,0 +1,99 @@
+//! Commands a shard accepts from the control plane, and their replies.
+//!
+//! The control plane routes a command to the shard that owns the session ID, pushes it onto that
+//! shard's channel and wakes the shard; the reply comes back on a oneshot channel.
+
+use tokio::sync::oneshot;
+
+use crate::session::{SessionSnapshot, SessionSpec};
+
+/// Which endpoint of a create request an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointField {
+    Listen,
+    Connect,
+}
+
+impl std::fmt::Display for EndpointField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndpointField::Listen => "listen",
+            EndpointField::Connect => "connect",
+        })
+    }
+}
+
+/// Why a session could not be created. A failed create leaves nothing behind.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("session {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("{field} address {address} is not assigned to any local interface")]
+    NotLocal {
+        field: EndpointField,
+        address: std::net::IpAddr,
+    },
+    #[error("{field} port {port} (or its RTCP port {}) is already in use", port + 1)]
+    PortInUse { field: EndpointField, port: u16 },
+    #[error("no free even port pair left in the media port range for the {field} address")]
+    PortsExhausted { field: EndpointField },
+    #[error("this shard has no free socket slot left (max sockets reached)")]
+    TooManySockets,
+    #[error("{protocol} sessions are not implemented yet")]
+    Unsupported { protocol: &'static str },
+    #[error("{field} socket: {source}")]
+    Socket {
+        field: EndpointField,
+        source: std::io::Error,
+    },
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+}
+
+/// A page request for listing sessions.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only IDs with this prefix.
+    pub prefix: String,
+    /// Only IDs strictly greater than this (the previous page's last ID).
+    pub after: Option<String>,
+    /// At most this many sessions.
+    pub limit: usize,
+}
+
+/// One shard's answer to a [`ListQuery`].
+#[derive(Debug, Default)]
+pub struct ListPage {
+    /// Sorted by ID.
+    pub sessions: Vec<SessionSnapshot>,
+    /// All sessions of this shard matching the prefix (ignoring `after` and `limit`).
+    pub total: usize,
+}
+
+pub type Reply<T> = oneshot::Sender<T>;
+
+/// A control-plane request to one shard.
+#[derive(Debug)]
+pub enum Command {
+    Create {
+        spec: SessionSpec,
+        reply: Reply<Result<SessionSnapshot, CreateError>>,
+    },
+    /// Replies with the final snapshot once every socket of the session is closed, so the
+    /// ports are free when the reply arrives; `None` if the ID is unknown.
+    Destroy {
+        id: String,
+        reply: Reply<Option<SessionSnapshot>>,
+    },
+    Get {
+        id: String,
+        reply: Reply<Option<SessionSnapshot>>,
+    },
+    List {
+        query: ListQuery,
+        reply: Reply<ListPage>,
+    },
+    /// Closes every session (each emits Closed with reason "shutdown") and stops the shard;
+    /// replies when done.
+    Shutdown { reply: Reply<()> },
+}

@@ -1,0 +1,36 @@
+//! Data-plane settings.
+
+use std::time::Duration;
+
+use crate::io::uring::UringConfig;
+use crate::ports::PortRange;
+
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// Number of shards (pinned threads). Each owns a disjoint share of the sessions.
+    pub shards: usize,
+    /// Pin shard `i` to the `i`-th available core (wrapping). Off only for debugging.
+    pub pin_cores: bool,
+    /// Media ports handed out for port 0.
+    pub port_range: PortRange,
+    pub uring: UringConfig,
+    /// How long a shard's task runs before glommio may switch to another (timers, commands).
+    /// Under overload the media task yields at this granularity, which bounds how late a control
+    /// command or timer can be.
+    pub preempt: Duration,
+    /// Completions handled per pass before the media task checks whether to yield.
+    pub budget: usize,
+}
+
+impl DataplaneConfig {
+    pub fn new(shards: usize, port_range: PortRange) -> Self {
+        Self {
+            shards,
+            pin_cores: true,
+            port_range,
+            uring: UringConfig::default(),
+            preempt: Duration::from_millis(2),
+            budget: 64,
+        }
+    }
+}

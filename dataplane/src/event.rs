@@ -1,0 +1,60 @@
+//! Session events leaving the data plane.
+//!
+//! The data plane does not know who listens (gRPC watchers, logs, an rtpproxy notify socket); it
+//! hands each event to an [`EventSink`] chosen by whoever started it. A sink must return at once
+//! and never block: it is called on a shard thread.
+
+use crate::session::{SessionSnapshot, SessionState};
+
+/// Why a session closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// DestroySession (or its equivalent) was called.
+    Destroyed,
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Destroyed => "destroyed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    Created(Box<SessionSnapshot>),
+    StateChanged {
+        from: SessionState,
+        to: SessionState,
+        reason: String,
+    },
+    Error(String),
+    Closed {
+        reason: CloseReason,
+        session: Box<SessionSnapshot>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub session_id: String,
+    /// Microseconds since the Unix epoch.
+    pub at_us: u64,
+    pub kind: EventKind,
+}
+
+/// Receives every event of every shard. Must not block.
+pub trait EventSink: Send + Sync + 'static {
+    fn emit(&self, event: Event);
+}
+
+/// A sink that drops everything (for embedding the data plane without a control plane).
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn emit(&self, _event: Event) {}
+}

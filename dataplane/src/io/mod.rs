@@ -1,0 +1,65 @@
+//! The shard's batched media I/O, behind a thin trait.
+//!
+//! The hot path is: many sockets, a few packets each per wake-up, every packet sent on from
+//! another socket. Per-socket readiness + per-socket `recvmmsg` pays a syscall per active socket;
+//! one io_uring with a multishot receive on every socket, fed from one shared ring of provided
+//! buffers, pays one `io_uring_enter` per wake-up for all of them, and the received buffer is
+//! sent on as it is (no copy). The trait keeps the shard's session logic independent of that
+//! mechanism, so another implementation (e.g. `recvmmsg`/`sendmmsg` for kernels without
+//! io_uring) can be slotted in.
+
+mod bufring;
+pub mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// A shard-local socket handle: an index into the shard's socket table, also used by the I/O
+/// layer as its registered-file slot.
+pub type Token = u32;
+
+/// What the handler wants done with a received packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Release the buffer.
+    Drop,
+    /// Send the payload unchanged from socket `via` to `to`; `tag` comes back in
+    /// [`PacketHandler::on_sent`].
+    Send { via: Token, to: SocketAddr, tag: u64 },
+}
+
+/// The shard's side of the I/O loop: decides per packet and accounts for the results.
+pub trait PacketHandler {
+    /// A datagram arrived on socket `token` from `from`. `truncated` means it was larger than the
+    /// receive buffer and `payload` holds only its start.
+    fn on_packet(&mut self, token: Token, from: SocketAddr, payload: &[u8], truncated: bool)
+    -> Action;
+    /// A send requested by [`Action::Send`] completed (`Ok(bytes)`) or failed.
+    fn on_sent(&mut self, tag: u64, result: io::Result<usize>);
+    /// A socket passed to [`MediaIo::remove_socket`] is no longer referenced by any pending
+    /// receive: once the caller has closed its descriptor, its port is free.
+    fn on_socket_released(&mut self, token: Token);
+}
+
+/// A batched packet path owned by one shard.
+pub trait MediaIo {
+    /// Starts receiving on a bound, non-blocking UDP socket. The caller keeps owning `fd`.
+    fn add_socket(&mut self, token: Token, fd: RawFd) -> io::Result<()>;
+    /// Stops receiving on `token`. [`PacketHandler::on_socket_released`] follows from a later
+    /// [`MediaIo::process`]; the token must not be reused before that.
+    fn remove_socket(&mut self, token: Token);
+    /// Handles up to `budget` completions, submits the resulting sends in one batch and returns
+    /// how many completions it handled.
+    fn process(&mut self, handler: &mut dyn PacketHandler, budget: usize) -> io::Result<usize>;
+    /// Makes the wake-up descriptor ([`MediaIo::wake_fd`]) fire on the next completion. Returns
+    /// `false` if completions are already waiting, in which case the caller must not sleep.
+    fn prepare_sleep(&mut self) -> io::Result<bool>;
+    /// Called after waking, before processing, to stop completions from signalling the wake-up
+    /// descriptor while the shard is busy anyway.
+    fn woke(&mut self);
+    /// Forces a wake-up of a sleeping shard (e.g. to shut down).
+    fn nudge(&mut self) -> io::Result<()>;
+    /// A descriptor that becomes readable when the shard should call [`MediaIo::process`].
+    fn wake_fd(&self) -> RawFd;
+}

@@ -1,0 +1,79 @@
+//! rtprelay's data plane: thread-per-core shards that own sessions and their sockets outright,
+//! relaying media through a batched io_uring path. It knows nothing of gRPC: controllers talk to
+//! it with [`command::Command`]s sent to a [`shard::ShardHandle`] and listen to it through an
+//! [`event::EventSink`].
+
+pub mod command;
+pub mod config;
+pub mod event;
+pub mod io;
+pub mod ports;
+pub mod session;
+pub mod shard;
+pub mod sockaddr;
+pub mod socket;
+pub mod stats;
+pub mod time;
+
+use std::sync::Arc;
+
+pub use command::{Command, CreateError, EndpointField, ListPage, ListQuery};
+pub use config::DataplaneConfig;
+pub use event::{CloseReason, Event, EventKind, EventSink};
+pub use session::{Protocol, SessionSnapshot, SessionSpec, SessionState};
+pub use shard::{ShardHandle, StartError};
+
+/// The running shards.
+pub struct Dataplane {
+    handles: Vec<ShardHandle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Starts `config.shards` shards and waits until each is ready to take commands, so a
+    /// failure (no io_uring, too few file descriptors) is reported here, not on first use.
+    pub fn start(config: DataplaneConfig, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+        let config = Arc::new(config);
+        let cores = if config.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let mut handles = Vec::with_capacity(config.shards);
+        let mut threads = Vec::with_capacity(config.shards);
+        for index in 0..config.shards {
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            match shard::spawn(index, core, config.clone(), events.clone()) {
+                Ok((handle, thread)) => {
+                    handles.push(handle);
+                    threads.push(thread);
+                }
+                Err(e) => {
+                    let me = Self { handles, threads };
+                    me.stop_blocking();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Self { handles, threads })
+    }
+
+    /// One handle per shard, in shard order.
+    pub fn handles(&self) -> &[ShardHandle] {
+        &self.handles
+    }
+
+    /// Waits for every shard thread to end (after each got [`Command::Shutdown`]).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Shuts every shard down from a non-async context and joins them.
+    pub fn stop_blocking(self) {
+        for h in &self.handles {
+            let (reply, done) = tokio::sync::oneshot::channel();
+            if h.send(Command::Shutdown { reply }).is_ok() {
+                let _ = done.blocking_recv();
+            }
+        }
+        self.join();
+    }
+}

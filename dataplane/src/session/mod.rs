@@ -1,0 +1,81 @@
+//! What a session is, independent of sockets and rings: its endpoints, state, and the pure
+//! forwarding decision for each received packet (see [`udp::UdpRelay`]).
+
+pub mod udp;
+
+use std::net::SocketAddr;
+
+use crate::stats::DirectionStats;
+
+/// The transport a session relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Udp,
+    Tcp,
+}
+
+/// A session's life cycle as reported to controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Connecting,
+    Forwarding,
+    Error,
+    Closed,
+}
+
+/// Which of a UDP session's four sockets a packet arrived on or leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Leg {
+    /// Listen address, RTP port: the client sends here, and reverse RTP leaves from here.
+    ListenRtp = 0,
+    /// Listen address, RTP port + 1.
+    ListenRtcp = 1,
+    /// Connect address, RTP port: forward RTP leaves from here, the destination answers here.
+    OutRtp = 2,
+    /// Connect address, RTP port + 1.
+    OutRtcp = 3,
+}
+
+impl Leg {
+    pub const ALL: [Leg; 4] = [Leg::ListenRtp, Leg::ListenRtcp, Leg::OutRtp, Leg::OutRtcp];
+
+    pub fn from_index(i: u8) -> Option<Leg> {
+        Self::ALL.get(usize::from(i)).copied()
+    }
+
+    pub fn is_rtcp(self) -> bool {
+        matches!(self, Leg::ListenRtcp | Leg::OutRtcp)
+    }
+}
+
+/// The caller's requested endpoints, before any port is allocated. Port 0 on `listen` or
+/// `connect` asks for a free even port from the media range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub id: String,
+    pub protocol: Protocol,
+    pub listen: SocketAddr,
+    pub connect: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// A point-in-time copy of a session, safe to send to another thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    pub id: String,
+    pub protocol: Protocol,
+    pub state: SessionState,
+    /// Bound RTP addresses; RTCP is on port + 1.
+    pub listen: SocketAddr,
+    pub connect: SocketAddr,
+    pub destination: SocketAddr,
+    pub client: Option<SocketAddr>,
+    pub client_rtcp: Option<SocketAddr>,
+    pub created_us: u64,
+    /// Client -> destination.
+    pub forward: DirectionStats,
+    /// Destination -> client.
+    pub reverse: DirectionStats,
+    pub shard: u32,
+}

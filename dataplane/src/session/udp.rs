@@ -1,0 +1,263 @@
+//! The forwarding decision of one UDP session (sans-IO).
+//!
+//! Given which socket a packet arrived on and from where, decide which socket sends it and to
+//! which address, learning the client's address on the way (symmetric latching). The shard's I/O
+//! loop calls this once per packet; it allocates nothing and makes no system call.
+
+use std::net::SocketAddr;
+
+use super::Leg;
+use crate::stats::{DirectionStats, DropReason, PacketCounters};
+
+/// What to do with a received packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the packet, unchanged, from the socket `via` to `to`.
+    Send { via: Leg, to: SocketAddr },
+    /// Drop it; already counted.
+    Drop(DropReason),
+}
+
+/// Per-session relay state: the endpoints, the learned client addresses and the counters.
+#[derive(Debug, Clone)]
+pub struct UdpRelay {
+    destination: SocketAddr,
+    destination_rtcp: SocketAddr,
+    client: Option<SocketAddr>,
+    client_rtcp: Option<SocketAddr>,
+    pub forward: DirectionStats,
+    pub reverse: DirectionStats,
+}
+
+impl UdpRelay {
+    /// `destination` is the RTP destination; its RTCP goes to port + 1 (validated by the caller
+    /// to be at most 65534).
+    pub fn new(destination: SocketAddr) -> Self {
+        let mut destination_rtcp = destination;
+        destination_rtcp.set_port(destination.port().wrapping_add(1));
+        Self {
+            destination,
+            destination_rtcp,
+            client: None,
+            client_rtcp: None,
+            forward: DirectionStats::default(),
+            reverse: DirectionStats::default(),
+        }
+    }
+
+    /// The client's RTP address, once latched.
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.client
+    }
+
+    /// The client's RTCP address, once latched.
+    pub fn client_rtcp(&self) -> Option<SocketAddr> {
+        self.client_rtcp
+    }
+
+    /// Decides the fate of a packet of `len` bytes that arrived on `leg` from `from` at `now_us`.
+    ///
+    /// Latching: the first packet on a listen socket fixes the client's address for that stream;
+    /// later packets from other addresses are still forwarded (a phone behind a NAT that
+    /// rebinds keeps sending) but do not move the latch. On the outbound sockets only the
+    /// destination is accepted. Reverse RTCP goes to the client's RTCP address, or to its RTP
+    /// port + 1 until the client has sent RTCP itself.
+    pub fn on_receive(
+        &mut self,
+        leg: Leg,
+        from: SocketAddr,
+        len: usize,
+        truncated: bool,
+        now_us: u64,
+    ) -> Verdict {
+        let verdict = if truncated {
+            Verdict::Drop(DropReason::Truncated)
+        } else {
+            self.route(leg, from)
+        };
+        let stats = match leg {
+            Leg::ListenRtp | Leg::ListenRtcp => &mut self.forward,
+            Leg::OutRtp | Leg::OutRtcp => &mut self.reverse,
+        };
+        stats.last_activity_us = now_us;
+        let counters = if leg.is_rtcp() { &mut stats.rtcp } else { &mut stats.rtp };
+        counters.received(len);
+        if let Verdict::Drop(reason) = verdict {
+            counters.dropped(reason);
+        }
+        verdict
+    }
+
+    fn route(&mut self, leg: Leg, from: SocketAddr) -> Verdict {
+        match leg {
+            Leg::ListenRtp => {
+                self.client.get_or_insert(from);
+                Verdict::Send { via: Leg::OutRtp, to: self.destination }
+            }
+            Leg::ListenRtcp => {
+                self.client_rtcp.get_or_insert(from);
+                Verdict::Send { via: Leg::OutRtcp, to: self.destination_rtcp }
+            }
+            Leg::OutRtp if from != self.destination => Verdict::Drop(DropReason::UnexpectedSource),
+            Leg::OutRtcp if from != self.destination_rtcp => {
+                Verdict::Drop(DropReason::UnexpectedSource)
+            }
+            Leg::OutRtp => match self.client {
+                Some(to) => Verdict::Send { via: Leg::ListenRtp, to },
+                None => Verdict::Drop(DropReason::NoClient),
+            },
+            Leg::OutRtcp => match self.reverse_rtcp_target() {
+                Some(to) => Verdict::Send { via: Leg::ListenRtcp, to },
+                None => Verdict::Drop(DropReason::NoClient),
+            },
+        }
+    }
+
+    /// Records the outcome of a send that left from `via` (as returned by `on_receive`).
+    pub fn on_sent(&mut self, via: Leg, len: usize, ok: bool) {
+        let counters = self.sender_counters(via);
+        if ok {
+            counters.sent(len);
+        } else {
+            counters.dropped(DropReason::SendError);
+        }
+    }
+
+    fn sender_counters(&mut self, via: Leg) -> &mut PacketCounters {
+        match via {
+            Leg::OutRtp => &mut self.forward.rtp,
+            Leg::OutRtcp => &mut self.forward.rtcp,
+            Leg::ListenRtp => &mut self.reverse.rtp,
+            Leg::ListenRtcp => &mut self.reverse.rtcp,
+        }
+    }
+
+    fn reverse_rtcp_target(&self) -> Option<SocketAddr> {
+        self.client_rtcp.or_else(|| {
+            let mut rtp = self.client?;
+            rtp.set_port(rtp.port().checked_add(1)?);
+            Some(rtp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const DEST: &str = "10.0.0.9:4000";
+
+    #[test]
+    fn forward_goes_to_destination_and_latches_client() {
+        let mut r = UdpRelay::new(addr(DEST));
+        let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 172, false, 7);
+        assert_eq!(v, Verdict::Send { via: Leg::OutRtp, to: addr(DEST) });
+        assert_eq!(r.client(), Some(addr("192.0.2.1:5000")));
+        // A second source does not move the latch but is still forwarded.
+        let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.2:6000"), 10, false, 8);
+        assert_eq!(v, Verdict::Send { via: Leg::OutRtp, to: addr(DEST) });
+        assert_eq!(r.client(), Some(addr("192.0.2.1:5000")));
+        assert_eq!(r.forward.rtp.packets_received, 2);
+        assert_eq!(r.forward.rtp.bytes_received, 182);
+        assert_eq!(r.forward.last_activity_us, 8);
+    }
+
+    #[test]
+    fn reverse_before_latch_is_dropped_then_flows() {
+        let mut r = UdpRelay::new(addr(DEST));
+        let v = r.on_receive(Leg::OutRtp, addr(DEST), 100, false, 1);
+        assert_eq!(v, Verdict::Drop(DropReason::NoClient));
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 100, false, 2);
+        let v = r.on_receive(Leg::OutRtp, addr(DEST), 100, false, 3);
+        assert_eq!(v, Verdict::Send { via: Leg::ListenRtp, to: addr("192.0.2.1:5000") });
+        assert_eq!(r.reverse.rtp.dropped.no_client, 1);
+        assert_eq!(r.reverse.rtp.packets_received, 2);
+    }
+
+    #[test]
+    fn reverse_from_stranger_is_dropped() {
+        let mut r = UdpRelay::new(addr(DEST));
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 1, false, 1);
+        let v = r.on_receive(Leg::OutRtp, addr("10.0.0.9:4002"), 1, false, 2);
+        assert_eq!(v, Verdict::Drop(DropReason::UnexpectedSource));
+        let v = r.on_receive(Leg::OutRtcp, addr(DEST), 1, false, 2);
+        assert_eq!(v, Verdict::Drop(DropReason::UnexpectedSource), "RTCP must come from port+1");
+        assert_eq!(r.reverse.rtp.dropped.unexpected_source, 1);
+        assert_eq!(r.reverse.rtcp.dropped.unexpected_source, 1);
+    }
+
+    #[test]
+    fn rtcp_pairs_with_port_plus_one() {
+        let mut r = UdpRelay::new(addr(DEST));
+        let v = r.on_receive(Leg::ListenRtcp, addr("192.0.2.1:5001"), 60, false, 1);
+        assert_eq!(v, Verdict::Send { via: Leg::OutRtcp, to: addr("10.0.0.9:4001") });
+        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 60, false, 2);
+        assert_eq!(v, Verdict::Send { via: Leg::ListenRtcp, to: addr("192.0.2.1:5001") });
+    }
+
+    #[test]
+    fn reverse_rtcp_falls_back_to_client_rtp_port_plus_one() {
+        let mut r = UdpRelay::new(addr(DEST));
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:7000"), 1, false, 1);
+        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 1, false, 2);
+        assert_eq!(v, Verdict::Send { via: Leg::ListenRtcp, to: addr("192.0.2.1:7001") });
+        // A client on port 65535 has no port + 1.
+        let mut r = UdpRelay::new(addr(DEST));
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:65535"), 1, false, 1);
+        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 1, false, 2);
+        assert_eq!(v, Verdict::Drop(DropReason::NoClient));
+    }
+
+    #[test]
+    fn truncated_packets_are_dropped_and_counted() {
+        let mut r = UdpRelay::new(addr(DEST));
+        let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 2048, true, 1);
+        assert_eq!(v, Verdict::Drop(DropReason::Truncated));
+        assert_eq!(r.forward.rtp.dropped.truncated, 1);
+        assert_eq!(r.client(), None, "a truncated packet does not latch");
+    }
+
+    #[test]
+    fn sends_are_counted_on_the_right_direction() {
+        let mut r = UdpRelay::new(addr(DEST));
+        r.on_sent(Leg::OutRtp, 172, true);
+        r.on_sent(Leg::OutRtcp, 80, true);
+        r.on_sent(Leg::ListenRtp, 160, false);
+        assert_eq!(r.forward.rtp.bytes_sent, 172);
+        assert_eq!(r.forward.rtcp.packets_sent, 1);
+        assert_eq!(r.reverse.rtp.packets_sent, 0);
+        assert_eq!(r.reverse.rtp.dropped.send_error, 1);
+    }
+
+    proptest! {
+        /// Every received packet is either sent on (pending its completion) or counted as dropped,
+        /// and a send always leaves from the opposite side to where it arrived.
+        #[test]
+        fn received_equals_sent_plus_dropped(
+            packets in proptest::collection::vec((0u8..4, 0u8..3, 1usize..1500, any::<bool>()), 0..200)
+        ) {
+            let mut r = UdpRelay::new(addr(DEST));
+            let sources = [addr("192.0.2.1:5000"), addr(DEST), addr("10.0.0.9:4001")];
+            for (leg, src, len, ok) in packets {
+                let leg = Leg::from_index(leg).unwrap();
+                match r.on_receive(leg, sources[usize::from(src)], len, false, 1) {
+                    Verdict::Send { via, .. } => {
+                        let listen = matches!(leg, Leg::ListenRtp | Leg::ListenRtcp);
+                        prop_assert_eq!(listen, matches!(via, Leg::OutRtp | Leg::OutRtcp));
+                        prop_assert_eq!(leg.is_rtcp(), via.is_rtcp());
+                        r.on_sent(via, len, ok);
+                    }
+                    Verdict::Drop(_) => {}
+                }
+            }
+            for c in [r.forward.rtp, r.forward.rtcp, r.reverse.rtp, r.reverse.rtcp] {
+                prop_assert_eq!(c.packets_received, c.packets_sent + c.dropped.total());
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! A shard: one thread pinned to one core, running a glommio executor with two tasks.
+//!
+//! - The control task sleeps on an eventfd read (through glommio, so an idle shard costs no CPU)
+//!   and, when woken, drains the shard's command channel.
+//! - The media task drives the shard's [`UringIo`]: it handles completions in passes of at most
+//!   `budget`, yields to glommio when its preemption timer says so (so timers and commands are
+//!   never starved under overload), and sleeps on the ring's eventfd when idle.
+//!
+//! Both tasks share the shard state through an `Rc<RefCell<_>>`; glommio never runs two tasks
+//! of one executor at once and neither holds the borrow across an await, so no lock exists.
+
+mod table;
+
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use glommio::io::BufferedFile;
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info, warn};
+
+use crate::command::{Command, Reply};
+use crate::config::DataplaneConfig;
+use crate::event::EventSink;
+use crate::io::MediaIo;
+use crate::io::uring::UringIo;
+use crate::time::unix_now_us;
+use table::SessionTable;
+
+/// The control plane's way into one shard. Cheap to clone.
+#[derive(Clone)]
+pub struct ShardHandle {
+    index: usize,
+    tx: Sender<Command>,
+    wake: Arc<OwnedFd>,
+}
+
+/// The shard is gone (stopped or crashed); its commands cannot be delivered.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} is not running")]
+pub struct ShardGone(pub usize);
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("shard {shard}: {what}: {source}")]
+    Shard {
+        shard: usize,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl ShardHandle {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Queues `cmd` and wakes the shard.
+    pub fn send(&self, cmd: Command) -> Result<(), ShardGone> {
+        self.tx.send(cmd).map_err(|_| ShardGone(self.index))?;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let n = unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        if n != 8 {
+            warn!(shard = self.index, error = %std::io::Error::last_os_error(), "waking a shard failed");
+        }
+        Ok(())
+    }
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: no preconditions; checked below. Blocking on purpose: glommio reads it through its
+    // ring, and a non-blocking eventfd would complete that read at once with EAGAIN.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A glommio file over a duplicate of `fd`, so glommio may close its copy when done.
+fn glommio_reader(fd: std::os::fd::RawFd) -> std::io::Result<BufferedFile> {
+    // SAFETY: dup has no preconditions; checked below.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor handed over to the BufferedFile, which closes it.
+    Ok(unsafe { <BufferedFile as FromRawFd>::from_raw_fd(dup) })
+}
+
+struct Shard {
+    io: UringIo,
+    table: SessionTable,
+}
+
+type Ready = std::sync::mpsc::Sender<Result<(), StartError>>;
+
+/// Starts shard `index` on its own thread and waits until it is ready.
+pub(crate) fn spawn(
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    config: Arc<DataplaneConfig>,
+    events: Arc<dyn EventSink>,
+) -> Result<(ShardHandle, std::thread::JoinHandle<()>), StartError> {
+    let fail = |what, source| StartError::Shard { shard: index, what, source };
+    let wake = Arc::new(eventfd().map_err(|e| fail("eventfd", e))?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let shard_wake = wake.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("rtprelay-shard-{index}"))
+        .spawn(move || run(index, core, config, events, rx, shard_wake, ready_tx))
+        .map_err(|e| fail("thread", e))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((ShardHandle { index, tx, wake }, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(fail("start", std::io::Error::other("shard thread died during start-up")))
+        }
+    }
+}
+
+fn run(
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    config: Arc<DataplaneConfig>,
+    events: Arc<dyn EventSink>,
+    rx: Receiver<Command>,
+    wake: Arc<OwnedFd>,
+    ready: Ready,
+) {
+    let fail = |what, source| StartError::Shard { shard: index, what, source };
+    if let Some(core) = core
+        && !core_affinity::set_for_current(core)
+    {
+        warn!(shard = index, core = core.id, "could not pin the shard to its core");
+    }
+    let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        .name(&format!("shard-{index}"))
+        .preempt_timer(config.preempt)
+        .io_memory(1 << 20)
+        .make();
+    let executor = match executor {
+        Ok(ex) => ex,
+        Err(e) => {
+            let _ = ready.send(Err(fail("glommio executor", std::io::Error::other(e.to_string()))));
+            return;
+        }
+    };
+    executor.run(async move {
+        let io = match UringIo::new(&config.uring) {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = ready.send(Err(fail("io_uring", e)));
+                return;
+            }
+        };
+        let readers = glommio_reader(io.wake_fd()).and_then(|r| Ok((r, glommio_reader(wake.as_raw_fd())?)));
+        let (ring_wake, cmd_wake) = match readers {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready.send(Err(fail("wake-up descriptors", e)));
+                return;
+            }
+        };
+        let table = SessionTable::new(
+            index as u32,
+            config.shards as u32,
+            config.port_range,
+            config.uring.max_sockets,
+            events,
+        );
+        let shard = Rc::new(RefCell::new(Shard { io, table }));
+        let _ = ready.send(Ok(()));
+        info!(shard = index, core = core.map(|c| c.id), "shard started");
+
+        let media = glommio::spawn_local(media_loop(shard.clone(), ring_wake, config.budget));
+        let stop_reply = control_loop(&shard, &rx, &cmd_wake).await;
+        media.await;
+        let _ = ring_wake_close(cmd_wake).await;
+        info!(shard = index, "shard stopped");
+        if let Some(reply) = stop_reply {
+            let _ = reply.send(());
+        }
+    });
+}
+
+async fn ring_wake_close(file: BufferedFile) -> glommio::Result<(), ()> {
+    file.close().await
+}
+
+/// Handles commands until shutdown; returns the shutdown command's reply, if any.
+async fn control_loop(
+    shard: &Rc<RefCell<Shard>>,
+    rx: &Receiver<Command>,
+    wake: &BufferedFile,
+) -> Option<Reply<()>> {
+    loop {
+        if let Err(e) = wake.read_at(0, 8).await {
+            error!(error = %e, "reading the command eventfd failed");
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        loop {
+            let cmd = match rx.try_recv() {
+                Ok(cmd) => cmd,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    stop(shard);
+                    return None;
+                }
+            };
+            if let Command::Shutdown { reply } = cmd {
+                stop(shard);
+                return Some(reply);
+            }
+            handle(shard, cmd);
+            // Let the media task run between commands: creating sockets is not free.
+            glommio::yield_if_needed().await;
+        }
+    }
+}
+
+fn stop(shard: &Rc<RefCell<Shard>>) {
+    let mut s = shard.borrow_mut();
+    let Shard { io, table } = &mut *s;
+    table.close_all(io);
+    if let Err(e) = io.nudge() {
+        error!(error = %e, "waking the media task for shutdown failed");
+    }
+}
+
+fn handle(shard: &Rc<RefCell<Shard>>, cmd: Command) {
+    let mut s = shard.borrow_mut();
+    let Shard { io, table } = &mut *s;
+    match cmd {
+        Command::Create { spec, reply } => {
+            let result = table.create(io, spec);
+            if let Err(e) = &result {
+                warn!(error = %e, "create session refused");
+            }
+            let _ = reply.send(result);
+        }
+        Command::Destroy { id, reply } => table.destroy(io, &id, reply),
+        Command::Get { id, reply } => {
+            let _ = reply.send(table.get(&id));
+        }
+        Command::List { query, reply } => {
+            let _ = reply.send(table.list(&query));
+        }
+        Command::Shutdown { .. } => unreachable!("handled by the control loop"),
+    }
+}
+
+async fn media_loop(shard: Rc<RefCell<Shard>>, wake: BufferedFile, budget: usize) {
+    loop {
+        let (handled, done) = {
+            let mut s = shard.borrow_mut();
+            let Shard { io, table } = &mut *s;
+            table.now_us = unix_now_us();
+            let handled = io.process(table, budget).unwrap_or_else(|e| {
+                error!(error = %e, "media I/O pass failed");
+                0
+            });
+            (handled, table.stopping && table.live() == 0)
+        };
+        if done {
+            break;
+        }
+        if handled >= budget {
+            glommio::yield_if_needed().await;
+            continue;
+        }
+        let sleep = shard.borrow_mut().io.prepare_sleep().unwrap_or_else(|e| {
+            error!(error = %e, "preparing the media task to sleep failed");
+            true
+        });
+        if sleep {
+            if let Err(e) = wake.read_at(0, 8).await {
+                error!(error = %e, "reading the ring eventfd failed");
+            }
+            shard.borrow_mut().io.woke();
+        }
+    }
+    let _ = wake.close().await;
+}

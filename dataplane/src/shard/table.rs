@@ -1,0 +1,414 @@
+//! One shard's sessions and sockets: creating, closing and snapshotting sessions, and the
+//! per-packet lookup from a socket token to its session.
+//!
+//! Everything here runs on the shard's own thread. Sessions live in a slab indexed by a small
+//! integer, sockets in a table indexed by their I/O token; a packet costs two array lookups and
+//! the session's pure forwarding decision.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use socket2::Socket;
+use tracing::{debug, info, warn};
+
+use crate::command::{CreateError, EndpointField, ListPage, ListQuery, Reply};
+use crate::event::{CloseReason, Event, EventKind, EventSink};
+use crate::io::{Action, MediaIo, PacketHandler, Token};
+use crate::ports::{PortAllocator, PortRange};
+use crate::session::udp::{UdpRelay, Verdict};
+use crate::session::{Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
+use crate::socket::{BindError, UdpPair, bind_pair};
+use crate::time::unix_now_us;
+
+struct SocketRef {
+    session: u32,
+    leg: Leg,
+}
+
+struct Closing {
+    reason: CloseReason,
+    /// Sockets whose pending receive has not ended yet.
+    open: u8,
+    reply: Option<Reply<Option<SessionSnapshot>>>,
+    /// The session never became visible (a create that failed half-way): no Closed event.
+    silent: bool,
+}
+
+struct Entry {
+    id: String,
+    generation: u32,
+    listen: SocketAddr,
+    connect: SocketAddr,
+    destination: SocketAddr,
+    /// Whether the listen/connect pairs came from the media range (and must be released).
+    created_us: u64,
+    relay: UdpRelay,
+    tokens: [Token; 4],
+    /// Owned descriptors, closed when the session starts closing.
+    sockets: [Option<Socket>; 4],
+    closing: Option<Closing>,
+}
+
+/// The sessions of one shard.
+pub(crate) struct SessionTable {
+    shard: u32,
+    sessions: Vec<Option<Entry>>,
+    free_sessions: Vec<u32>,
+    next_generation: u32,
+    by_id: BTreeMap<String, u32>,
+    sockets: Vec<Option<SocketRef>>,
+    free_tokens: Vec<Token>,
+    ports: PortAllocator,
+    events: Arc<dyn EventSink>,
+    /// Microseconds since the Unix epoch, refreshed once per I/O pass.
+    pub now_us: u64,
+    /// Set by shutdown: no new session is accepted.
+    pub stopping: bool,
+    live: usize,
+}
+
+/// Packs a send's owner into the 64-bit tag the I/O layer hands back on completion: session
+/// slot (32 bits), generation (24 bits), sending leg (8 bits). The generation keeps a completion
+/// that arrives after its session closed from being counted on the slot's next session.
+fn tag(slot: u32, generation: u32, via: Leg) -> u64 {
+    u64::from(slot) | (u64::from(generation & 0xff_ffff) << 32) | ((via as u64) << 56)
+}
+
+fn untag(tag: u64) -> (u32, u32, Option<Leg>) {
+    (
+        tag as u32,
+        ((tag >> 32) & 0xff_ffff) as u32,
+        Leg::from_index((tag >> 56) as u8),
+    )
+}
+
+impl SessionTable {
+    pub fn new(
+        shard: u32,
+        shards: u32,
+        range: PortRange,
+        max_sockets: u32,
+        events: Arc<dyn EventSink>,
+    ) -> Self {
+        Self {
+            shard,
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            next_generation: 0,
+            by_id: BTreeMap::new(),
+            sockets: (0..max_sockets).map(|_| None).collect(),
+            free_tokens: (0..max_sockets).rev().collect(),
+            ports: PortAllocator::new(range, shard, shards),
+            events,
+            now_us: unix_now_us(),
+            stopping: false,
+            live: 0,
+        }
+    }
+
+    /// Sessions that exist, including those still closing.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    pub fn create(
+        &mut self,
+        io: &mut dyn MediaIo,
+        spec: SessionSpec,
+    ) -> Result<SessionSnapshot, CreateError> {
+        if self.stopping {
+            return Err(CreateError::ShuttingDown);
+        }
+        if spec.protocol == Protocol::Tcp {
+            return Err(CreateError::Unsupported { protocol: "TCP" });
+        }
+        if self.by_id.contains_key(&spec.id) {
+            return Err(CreateError::AlreadyExists(spec.id));
+        }
+        if self.free_tokens.len() < 4 {
+            return Err(CreateError::TooManySockets);
+        }
+        let listen = self.bind(EndpointField::Listen, spec.listen)?;
+        let out = self.bind(EndpointField::Connect, spec.connect)?;
+        self.ports.claim(listen.addr.ip(), listen.addr.port());
+        self.ports.claim(out.addr.ip(), out.addr.port());
+
+        let slot = self.free_sessions.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            (self.sessions.len() - 1) as u32
+        });
+        let mut tokens = [0; 4];
+        for (leg, token) in Leg::ALL.into_iter().zip(tokens.iter_mut()) {
+            // Checked above: at least four tokens are free.
+            *token = self.free_tokens.pop().unwrap_or_default();
+            self.sockets[*token as usize] = Some(SocketRef { session: slot, leg });
+        }
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let UdpPair { rtp: lr, rtcp: lc, addr: listen_addr } = listen;
+        let UdpPair { rtp: or, rtcp: oc, addr: connect_addr } = out;
+        let entry = Entry {
+            id: spec.id.clone(),
+            generation: self.next_generation,
+            listen: listen_addr,
+            connect: connect_addr,
+            destination: spec.destination,
+            created_us: unix_now_us(),
+            relay: UdpRelay::new(spec.destination),
+            tokens,
+            sockets: [Some(lr), Some(lc), Some(or), Some(oc)],
+            closing: None,
+        };
+        self.sessions[slot as usize] = Some(entry);
+        self.live += 1;
+
+        for k in 0..4 {
+            let Some(entry) = self.sessions[slot as usize].as_ref() else { break };
+            let fd = entry.sockets[k].as_ref().map(AsRawFd::as_raw_fd).unwrap_or(-1);
+            if let Err(source) = io.add_socket(tokens[k], fd) {
+                warn!(session = %spec.id, error = %source, "registering a socket failed; rolling back");
+                // Sockets 0..k have a receive pending and are released through the I/O layer;
+                // k.. were never registered and are released now.
+                for &t in &tokens[k..] {
+                    self.sockets[t as usize] = None;
+                    self.free_tokens.push(t);
+                }
+                self.begin_close(io, slot, CloseReason::Destroyed, None, k as u8, true);
+                let field = if k < 2 { EndpointField::Listen } else { EndpointField::Connect };
+                return Err(CreateError::Socket { field, source });
+            }
+        }
+        self.by_id.insert(spec.id.clone(), slot);
+        let snapshot = self.snapshot(slot, SessionState::Forwarding);
+        info!(
+            session = %spec.id, shard = self.shard, listen = %listen_addr, connect = %connect_addr,
+            destination = %spec.destination, "session created"
+        );
+        self.emit(&spec.id, EventKind::Created(Box::new(snapshot.clone())));
+        Ok(snapshot)
+    }
+
+    /// Starts closing `id`; the reply is sent once its ports are free. Replies `None` at once if
+    /// the session is unknown or already closing.
+    pub fn destroy(
+        &mut self,
+        io: &mut dyn MediaIo,
+        id: &str,
+        reply: Reply<Option<SessionSnapshot>>,
+    ) {
+        match self.open_slot(id) {
+            Some(slot) => self.begin_close(io, slot, CloseReason::Destroyed, Some(reply), 4, false),
+            None => {
+                let _ = reply.send(None);
+            }
+        }
+    }
+
+    /// Closes every session for shutdown.
+    pub fn close_all(&mut self, io: &mut dyn MediaIo) {
+        self.stopping = true;
+        let open: Vec<u32> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.as_ref().is_some_and(|e| e.closing.is_none()))
+            .map(|(i, _)| i as u32)
+            .collect();
+        for slot in open {
+            self.begin_close(io, slot, CloseReason::Shutdown, None, 4, false);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<SessionSnapshot> {
+        self.open_slot(id).map(|slot| self.snapshot(slot, SessionState::Forwarding))
+    }
+
+    pub fn list(&self, query: &ListQuery) -> ListPage {
+        let from = match &query.after {
+            Some(after) if after.as_str() >= query.prefix.as_str() => Bound::Excluded(after.as_str()),
+            _ => Bound::Included(query.prefix.as_str()),
+        };
+        let matching = |(id, _): &(&String, &u32)| id.starts_with(&query.prefix);
+        let open = |(_, slot): &(&String, &u32)| {
+            self.sessions[**slot as usize].as_ref().is_some_and(|e| e.closing.is_none())
+        };
+        let total = self
+            .by_id
+            .range::<str, _>((Bound::Included(query.prefix.as_str()), Bound::Unbounded))
+            .take_while(matching)
+            .filter(open)
+            .count();
+        let sessions = self
+            .by_id
+            .range::<str, _>((from, Bound::Unbounded))
+            .take_while(matching)
+            .filter(open)
+            .take(query.limit)
+            .map(|(_, slot)| self.snapshot(*slot, SessionState::Forwarding))
+            .collect();
+        ListPage { sessions, total }
+    }
+
+    fn open_slot(&self, id: &str) -> Option<u32> {
+        let slot = *self.by_id.get(id)?;
+        let entry = self.sessions[slot as usize].as_ref()?;
+        entry.closing.is_none().then_some(slot)
+    }
+
+    fn bind(&mut self, field: EndpointField, want: SocketAddr) -> Result<UdpPair, CreateError> {
+        let classify = |e: BindError| match e {
+            BindError::InUse { port } => CreateError::PortInUse { field, port },
+            BindError::NotLocal(address) => CreateError::NotLocal { field, address },
+            BindError::Io(source) => CreateError::Socket { field, source },
+        };
+        if want.port() != 0 {
+            return bind_pair(want.ip(), want.port()).map_err(classify);
+        }
+        for port in self.ports.candidates(want.ip()) {
+            match bind_pair(want.ip(), port) {
+                Ok(pair) => return Ok(pair),
+                Err(BindError::InUse { .. }) => {
+                    debug!(%field, port, "port pair held elsewhere; trying the next");
+                }
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Err(CreateError::PortsExhausted { field })
+    }
+
+    fn begin_close(
+        &mut self,
+        io: &mut dyn MediaIo,
+        slot: u32,
+        reason: CloseReason,
+        reply: Option<Reply<Option<SessionSnapshot>>>,
+        registered: u8,
+        silent: bool,
+    ) {
+        let Some(entry) = self.sessions[slot as usize].as_mut() else { return };
+        entry.closing = Some(Closing { reason, open: registered, reply, silent });
+        for k in 0..usize::from(registered) {
+            io.remove_socket(entry.tokens[k]);
+        }
+        // Closing our descriptors now is safe: a pending receive holds its own reference, and
+        // the port is free once that receive has ended (see `on_socket_released`).
+        entry.sockets = [None, None, None, None];
+        if registered == 0 {
+            self.finish_close(slot);
+        }
+    }
+
+    fn finish_close(&mut self, slot: u32) {
+        let snapshot = self.snapshot(slot, SessionState::Closed);
+        let Some(mut entry) = self.sessions[slot as usize].take() else { return };
+        self.free_sessions.push(slot);
+        self.live -= 1;
+        self.ports.release(entry.listen.ip(), entry.listen.port());
+        self.ports.release(entry.connect.ip(), entry.connect.port());
+        if self.by_id.get(&entry.id) == Some(&slot) {
+            self.by_id.remove(&entry.id);
+        }
+        let Some(closing) = entry.closing.take() else { return };
+        if !closing.silent {
+            info!(session = %entry.id, reason = closing.reason.as_str(), "session closed");
+            self.emit(
+                &entry.id,
+                EventKind::Closed { reason: closing.reason, session: Box::new(snapshot.clone()) },
+            );
+        }
+        if let Some(reply) = closing.reply {
+            let _ = reply.send(Some(snapshot));
+        }
+    }
+
+    fn snapshot(&self, slot: u32, state: SessionState) -> SessionSnapshot {
+        let Some(e) = self.sessions[slot as usize].as_ref() else {
+            unreachable!("snapshot of an empty slot");
+        };
+        SessionSnapshot {
+            id: e.id.clone(),
+            protocol: Protocol::Udp,
+            state,
+            listen: e.listen,
+            connect: e.connect,
+            destination: e.destination,
+            client: e.relay.client(),
+            client_rtcp: e.relay.client_rtcp(),
+            created_us: e.created_us,
+            forward: e.relay.forward,
+            reverse: e.relay.reverse,
+            shard: self.shard,
+        }
+    }
+
+    fn emit(&self, id: &str, kind: EventKind) {
+        self.events.emit(Event { session_id: id.to_owned(), at_us: unix_now_us(), kind });
+    }
+}
+
+impl PacketHandler for SessionTable {
+    fn on_packet(&mut self, token: Token, from: SocketAddr, payload: &[u8], truncated: bool) -> Action {
+        let Some(Some(sref)) = self.sockets.get(token as usize) else {
+            return Action::Drop;
+        };
+        let (slot, leg) = (sref.session, sref.leg);
+        let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else {
+            return Action::Drop;
+        };
+        if entry.closing.is_some() {
+            return Action::Drop;
+        }
+        match entry.relay.on_receive(leg, from, payload.len(), truncated, self.now_us) {
+            Verdict::Send { via, to } => Action::Send {
+                via: entry.tokens[via as usize],
+                to,
+                tag: tag(slot, entry.generation, via),
+            },
+            Verdict::Drop(_) => Action::Drop,
+        }
+    }
+
+    fn on_sent(&mut self, tag: u64, result: std::io::Result<usize>) {
+        let (slot, generation, leg) = untag(tag);
+        let Some(leg) = leg else { return };
+        let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else { return };
+        if entry.generation & 0xff_ffff != generation {
+            return;
+        }
+        match result {
+            Ok(len) => entry.relay.on_sent(leg, len, true),
+            Err(e) => {
+                debug!(session = %entry.id, error = %e, "send failed");
+                entry.relay.on_sent(leg, 0, false);
+            }
+        }
+    }
+
+    fn on_socket_released(&mut self, token: Token) {
+        let Some(sref) = self.sockets.get_mut(token as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free_tokens.push(token);
+        let Some(Some(entry)) = self.sessions.get_mut(sref.session as usize) else { return };
+        let Some(closing) = entry.closing.as_mut() else { return };
+        closing.open = closing.open.saturating_sub(1);
+        if closing.open == 0 {
+            self.finish_close(sref.session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        for (slot, generation, leg) in [(0, 0, Leg::ListenRtp), (u32::MAX, 0xff_ffff, Leg::OutRtcp), (7, 1 << 24 | 5, Leg::OutRtp)] {
+            let (s, g, l) = untag(tag(slot, generation, leg));
+            assert_eq!((s, g, l), (slot, generation & 0xff_ffff, Some(leg)));
+        }
+    }
+}

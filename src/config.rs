@@ -1,0 +1,208 @@
+//! The relay's configuration: an embedded default, optionally overridden by a TOML file, then by
+//! command-line flags.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+
+/// The built-in configuration, also shown by `--print-default-config`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Parser)]
+#[command(name = "rtprelay", version, about = "Carrier-grade thread-per-core RTP media relay")]
+pub struct Cli {
+    /// TOML configuration file; its keys override the built-in defaults.
+    #[arg(short, long, env = "RTPRELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC control API address.
+    #[arg(long)]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Number of shards (0 = one per core).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Default local media address.
+    #[arg(long)]
+    pub media_address: Option<IpAddr>,
+    /// Lowest media port.
+    #[arg(long)]
+    pub port_min: Option<u16>,
+    /// Highest media port.
+    #[arg(long)]
+    pub port_max: Option<u16>,
+    /// Log level or filter (e.g. "debug", "info,rtprelay_dataplane=trace").
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Do not pin shards to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Print the built-in configuration and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub control: Control,
+    pub media: Media,
+    pub dataplane: Dataplane,
+    pub events: Events,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub grpc_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    pub address: IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataplane {
+    pub shards: usize,
+    pub pin_cores: bool,
+    pub buffers_per_shard: u16,
+    pub max_sockets_per_shard: u32,
+    pub sq_entries: u32,
+    pub preempt_ms: u64,
+    pub budget: usize,
+    pub coop_taskrun: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Events {
+    pub buffer: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+}
+
+/// Overlays `over` onto `base`, key by key (tables merge, everything else is replaced).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The built-in defaults overlaid with `file` (TOML text), if any.
+    pub fn from_toml(file: Option<&str>) -> anyhow::Result<Self> {
+        let mut table: toml::Table = DEFAULT_TOML.parse().context("built-in configuration")?;
+        if let Some(text) = file {
+            let over: toml::Table = text.parse().context("configuration file is not valid TOML")?;
+            merge(&mut table, over);
+        }
+        let config: Config = toml::Value::Table(table).try_into().context("configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Loads the file named on the command line, then applies the flags.
+    pub fn load(cli: &Cli) -> anyhow::Result<Self> {
+        let text = match &cli.config {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading configuration file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let mut config = Self::from_toml(text.as_deref())?;
+        if let Some(v) = cli.grpc_listen {
+            config.control.grpc_listen = v;
+        }
+        if let Some(v) = cli.shards {
+            config.dataplane.shards = v;
+        }
+        if let Some(v) = cli.media_address {
+            config.media.address = v;
+        }
+        if let Some(v) = cli.port_min {
+            config.media.port_min = v;
+        }
+        if let Some(v) = cli.port_max {
+            config.media.port_max = v;
+        }
+        if let Some(v) = &cli.log_level {
+            config.log.level = v.clone();
+        }
+        if cli.no_pin {
+            config.dataplane.pin_cores = false;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.media.port_min > self.media.port_max {
+            bail!("media.port_min {} is above media.port_max {}", self.media.port_min, self.media.port_max);
+        }
+        let buffers = self.dataplane.buffers_per_shard;
+        if !buffers.is_power_of_two() || buffers > 32768 {
+            bail!("dataplane.buffers_per_shard {buffers} must be a power of two up to 32768");
+        }
+        if self.dataplane.budget == 0 {
+            bail!("dataplane.budget must be at least 1");
+        }
+        if self.dataplane.max_sockets_per_shard < 4 {
+            bail!("dataplane.max_sockets_per_shard must be at least 4 (one UDP session)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let c = Config::from_toml(None).unwrap();
+        assert_eq!(c.control.grpc_listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!((c.media.port_min, c.media.port_max), (16384, 32767));
+        assert_eq!(c.dataplane.shards, 0);
+    }
+
+    #[test]
+    fn a_file_overrides_single_keys() {
+        let c = Config::from_toml(Some("[media]\nport_min = 20000\n")).unwrap();
+        assert_eq!(c.media.port_min, 20000);
+        assert_eq!(c.media.port_max, 32767, "other keys keep their defaults");
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert!(Config::from_toml(Some("[media]\nport_mn = 1\n")).is_err(), "unknown key");
+        assert!(Config::from_toml(Some("[media]\nport_min = 40000\nport_max = 30000\n")).is_err());
+        assert!(Config::from_toml(Some("[dataplane]\nbuffers_per_shard = 1000\n")).is_err());
+        assert!(Config::from_toml(Some("not toml [")).is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::parse_from(["rtprelay", "--shards", "3", "--port-min", "20000", "--no-pin"]);
+        let c = Config::load(&cli).unwrap();
+        assert_eq!(c.dataplane.shards, 3);
+        assert_eq!(c.media.port_min, 20000);
+        assert!(!c.dataplane.pin_cores);
+    }
+}

@@ -1,0 +1,154 @@
+//! The `rtprelay` binary: configuration, logging, start-up and orderly shutdown, wiring the data
+//! plane's shards to the gRPC control plane.
+
+mod config;
+mod logging;
+mod system;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rtprelay_control::{EventHub, Router};
+use rtprelay_dataplane::io::uring::UringConfig;
+use rtprelay_dataplane::ports::PortRange;
+use rtprelay_dataplane::{Dataplane, DataplaneConfig};
+use tracing::{error, info, warn};
+
+use config::{Cli, Config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", config::DEFAULT_TOML);
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rtprelay: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = logging::init(&config.log.level) {
+        eprintln!("rtprelay: {e:#}");
+        return ExitCode::from(2);
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<DataplaneConfig> {
+    let d = &config.dataplane;
+    let shards = match d.shards {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let range = PortRange::new(config.media.port_min, config.media.port_max)?;
+    if let Some((lo, hi)) = system::ephemeral_range()
+        && range.overlaps(lo, hi)
+    {
+        warn!(
+            media_ports = %format!("{}-{}", range.first, range.last()),
+            ephemeral_ports = %format!("{lo}-{hi}"),
+            "the media port range overlaps the kernel's ephemeral port range: other programs' \
+             sockets will take media ports and calls will lose media; move one of the ranges"
+        );
+    }
+    // Every shard's socket table must fit in the open-files limit, with room for the rest.
+    let mut max_sockets = d.max_sockets_per_shard;
+    if let Some(files) = open_files {
+        let fit = (files.saturating_sub(256) / shards as u64).min(u64::from(u32::MAX)) as u32;
+        if fit < max_sockets {
+            warn!(max_sockets, fit, "open-files limit caps the sockets per shard");
+            max_sockets = fit.max(4);
+        }
+    }
+    let mut dp = DataplaneConfig::new(shards, range);
+    dp.pin_cores = d.pin_cores;
+    dp.preempt = Duration::from_millis(d.preempt_ms.max(1));
+    dp.budget = d.budget;
+    dp.uring = UringConfig {
+        sq_entries: d.sq_entries,
+        buffers: d.buffers_per_shard,
+        max_sockets,
+        coop_taskrun: d.coop_taskrun,
+    };
+    Ok(dp)
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    info!(version = env!("CARGO_PKG_VERSION"), "rtprelay starting");
+    let open_files = system::raise_limits();
+    let dp_config = dataplane_config(&config, open_files)?;
+    let shards = dp_config.shards;
+    let events = EventHub::new(config.events.buffer);
+    let dataplane =
+        Dataplane::start(dp_config, Arc::new(events.clone())).context("starting the data plane")?;
+    info!(shards, "data plane running");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rtprelay-control")
+        .enable_all()
+        .build()
+        .context("starting the control runtime")?;
+    let router = Router::new(dataplane.handles().to_vec());
+    let service = rtprelay_control::service(router.clone(), events.clone(), config.media.address);
+
+    let result = runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(config.control.grpc_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                router.shutdown().await;
+                return Err(anyhow::Error::new(e)
+                    .context(format!("binding the gRPC address {}", config.control.grpc_listen)));
+            }
+        };
+        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(rtprelay_control::serve(listener, service.clone(), async {
+            let _ = server_stopped.await;
+        }));
+        info!("rtprelay ready");
+
+        let signal = wait_for_signal().await;
+        info!(signal, "shutting down: closing every session");
+        service.stop_accepting();
+        router.shutdown().await;
+        events.close();
+        let _ = stop_server.send(());
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "gRPC server ended with an error"),
+            Ok(Err(e)) => warn!(error = %e, "gRPC server task failed"),
+            Err(_) => warn!("gRPC server did not stop within 5 s; exiting anyway"),
+        }
+        Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    dataplane.join();
+    if result.is_ok() {
+        info!("rtprelay stopped");
+    }
+    result
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        error!("cannot install signal handlers; stop the relay with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
