@@ -12,7 +12,11 @@ use serde::Deserialize;
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 #[derive(Debug, Parser)]
-#[command(name = "rtprelay", version, about = "Carrier-grade thread-per-core RTP media relay")]
+#[command(
+    name = "rtprelay",
+    version,
+    about = "Carrier-grade thread-per-core RTP media relay"
+)]
 pub struct Cli {
     /// TOML configuration file; its keys override the built-in defaults.
     #[arg(short, long, env = "RTPRELAY_CONFIG")]
@@ -109,10 +113,14 @@ impl Config {
     pub fn from_toml(file: Option<&str>) -> anyhow::Result<Self> {
         let mut table: toml::Table = DEFAULT_TOML.parse().context("built-in configuration")?;
         if let Some(text) = file {
-            let over: toml::Table = text.parse().context("configuration file is not valid TOML")?;
+            let over: toml::Table = text
+                .parse()
+                .context("configuration file is not valid TOML")?;
             merge(&mut table, over);
         }
-        let config: Config = toml::Value::Table(table).try_into().context("configuration")?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("configuration")?;
         config.check()?;
         Ok(config)
     }
@@ -154,7 +162,11 @@ impl Config {
 
     fn check(&self) -> anyhow::Result<()> {
         if self.media.port_min > self.media.port_max {
-            bail!("media.port_min {} is above media.port_max {}", self.media.port_min, self.media.port_max);
+            bail!(
+                "media.port_min {} is above media.port_max {}",
+                self.media.port_min,
+                self.media.port_max
+            );
         }
         let buffers = self.dataplane.buffers_per_shard;
         if !buffers.is_power_of_two() || buffers > 32768 {
@@ -191,7 +203,10 @@ mod tests {
 
     #[test]
     fn mistakes_are_reported() {
-        assert!(Config::from_toml(Some("[media]\nport_mn = 1\n")).is_err(), "unknown key");
+        assert!(
+            Config::from_toml(Some("[media]\nport_mn = 1\n")).is_err(),
+            "unknown key"
+        );
         assert!(Config::from_toml(Some("[media]\nport_min = 40000\nport_max = 30000\n")).is_err());
         assert!(Config::from_toml(Some("[dataplane]\nbuffers_per_shard = 1000\n")).is_err());
         assert!(Config::from_toml(Some("not toml [")).is_err());
@@ -199,7 +214,14 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let cli = Cli::parse_from(["rtprelay", "--shards", "3", "--port-min", "20000", "--no-pin"]);
+        let cli = Cli::parse_from([
+            "rtprelay",
+            "--shards",
+            "3",
+            "--port-min",
+            "20000",
+            "--no-pin",
+        ]);
         let c = Config::load(&cli).unwrap();
         assert_eq!(c.dataplane.shards, 3);
         assert_eq!(c.media.port_min, 20000);

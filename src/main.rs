@@ -67,7 +67,10 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
     if let Some(files) = open_files {
         let fit = (files.saturating_sub(256) / shards as u64).min(u64::from(u32::MAX)) as u32;
         if fit < max_sockets {
-            warn!(max_sockets, fit, "open-files limit caps the sockets per shard");
+            warn!(
+                max_sockets,
+                fit, "open-files limit caps the sockets per shard"
+            );
             max_sockets = fit.max(4);
         }
     }
@@ -108,8 +111,10 @@ fn run(config: Config) -> anyhow::Result<()> {
             Ok(l) => l,
             Err(e) => {
                 router.shutdown().await;
-                return Err(anyhow::Error::new(e)
-                    .context(format!("binding the gRPC address {}", config.control.grpc_listen)));
+                return Err(anyhow::Error::new(e).context(format!(
+                    "binding the gRPC address {}",
+                    config.control.grpc_listen
+                )));
             }
         };
         let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -142,8 +147,10 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers; stop the relay with SIGKILL");
         return std::future::pending().await;
     };

@@ -6,12 +6,18 @@ use tracing::{info, warn};
 fn raise(resource: libc::__rlimit_resource_t, name: &str) -> Option<u64> {
     // SAFETY: getrlimit/setrlimit only read/write the struct passed.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(resource, &mut lim) != 0 {
             return None;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(resource, &want) != 0 {
                 warn!(limit = name, error = %std::io::Error::last_os_error(), "could not raise limit");
                 return Some(lim.rlim_cur);

@@ -8,7 +8,10 @@ use rtprelay_proto::v1;
 use tonic::{Code, Status};
 
 pub fn endpoint(addr: SocketAddr) -> v1::Endpoint {
-    v1::Endpoint { address: addr.ip().to_string(), port: u32::from(addr.port()) }
+    v1::Endpoint {
+        address: addr.ip().to_string(),
+        port: u32::from(addr.port()),
+    }
 }
 
 pub fn state(s: SessionState) -> v1::SessionState {
@@ -21,13 +24,23 @@ pub fn state(s: SessionState) -> v1::SessionState {
 }
 
 fn counters(c: &PacketCounters) -> v1::PacketCounters {
-    let DropCounters { unexpected_source, no_client, send_error, truncated } = c.dropped;
+    let DropCounters {
+        unexpected_source,
+        no_client,
+        send_error,
+        truncated,
+    } = c.dropped;
     v1::PacketCounters {
         packets_received: c.packets_received,
         bytes_received: c.bytes_received,
         packets_sent: c.packets_sent,
         bytes_sent: c.bytes_sent,
-        dropped: Some(v1::DropCounters { unexpected_source, no_client, send_error, truncated }),
+        dropped: Some(v1::DropCounters {
+            unexpected_source,
+            no_client,
+            send_error,
+            truncated,
+        }),
     }
 }
 
@@ -62,19 +75,27 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
 pub fn event(e: &Event) -> v1::SessionEvent {
     use v1::session_event::Kind;
     let kind = match &e.kind {
-        EventKind::Created(s) => Kind::Created(v1::Created { session: Some(session(s)) }),
+        EventKind::Created(s) => Kind::Created(v1::Created {
+            session: Some(session(s)),
+        }),
         EventKind::StateChanged { from, to, reason } => Kind::StateChanged(v1::StateChanged {
             from: state(*from) as i32,
             to: state(*to) as i32,
             reason: reason.clone(),
         }),
-        EventKind::Error(message) => Kind::Error(v1::ErrorEvent { message: message.clone() }),
+        EventKind::Error(message) => Kind::Error(v1::ErrorEvent {
+            message: message.clone(),
+        }),
         EventKind::Closed { reason, session: s } => Kind::Closed(v1::Closed {
             reason: reason.as_str().to_owned(),
             session: Some(session(s)),
         }),
     };
-    v1::SessionEvent { session_id: e.session_id.clone(), timestamp_unix_us: e.at_us, kind: Some(kind) }
+    v1::SessionEvent {
+        session_id: e.session_id.clone(),
+        timestamp_unix_us: e.at_us,
+        kind: Some(kind),
+    }
 }
 
 /// The gRPC status for a refused create: the code says what kind of problem, the message which
@@ -87,9 +108,9 @@ pub fn create_error(e: &CreateError) -> Status {
         CreateError::Unsupported { .. } => Code::Unimplemented,
         CreateError::ShuttingDown => Code::Unavailable,
         CreateError::Socket { source, .. } => match source.raw_os_error() {
-            Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM) => {
-                Code::ResourceExhausted
-            }
+            Some(
+                libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM,
+            ) => Code::ResourceExhausted,
             Some(libc_errno::EACCES | libc_errno::EPERM) => Code::PermissionDenied,
             _ => Code::Internal,
         },

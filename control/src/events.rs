@@ -44,9 +44,8 @@ impl EventHub {
         let stream = BroadcastStream::new(self.tx.subscribe())
             .take_while(|item| !matches!(item, Ok(None)))
             .filter_map(move |item| match item {
-                Ok(Some(ev)) => {
-                    (filter.is_empty() || filter.contains(&ev.session_id)).then(|| Ok((*ev).clone()))
-                }
+                Ok(Some(ev)) => (filter.is_empty() || filter.contains(&ev.session_id))
+                    .then(|| Ok((*ev).clone())),
                 Ok(None) => None,
                 Err(BroadcastStreamRecvError::Lagged(dropped)) => Some(Ok(v1::SessionEvent {
                     session_id: String::new(),

@@ -17,7 +17,9 @@ pub struct Unavailable(pub usize);
 
 /// FNV-1a, 64 bit.
 pub fn hash_id(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The shard index owning `id` among `shards` shards.
@@ -47,7 +49,9 @@ impl Router {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, Unavailable> {
         let (tx, rx) = oneshot::channel();
-        self.shards[shard].send(make(tx)).map_err(|_| Unavailable(shard))?;
+        self.shards[shard]
+            .send(make(tx))
+            .map_err(|_| Unavailable(shard))?;
         rx.await.map_err(|_| Unavailable(shard))
     }
 
@@ -56,12 +60,14 @@ impl Router {
         spec: SessionSpec,
     ) -> Result<Result<SessionSnapshot, CreateError>, Unavailable> {
         let shard = shard_for(&spec.id, self.shards.len());
-        self.ask(shard, |reply| Command::Create { spec, reply }).await
+        self.ask(shard, |reply| Command::Create { spec, reply })
+            .await
     }
 
     pub async fn destroy(&self, id: String) -> Result<Option<SessionSnapshot>, Unavailable> {
         let shard = shard_for(&id, self.shards.len());
-        self.ask(shard, |reply| Command::Destroy { id, reply }).await
+        self.ask(shard, |reply| Command::Destroy { id, reply })
+            .await
     }
 
     pub async fn get(&self, id: String) -> Result<Option<SessionSnapshot>, Unavailable> {
@@ -74,8 +80,13 @@ impl Router {
         let mut pending = Vec::with_capacity(self.shards.len());
         for shard in 0..self.shards.len() {
             let (tx, rx) = oneshot::channel();
-            let cmd = Command::List { query: query.clone(), reply: tx };
-            self.shards[shard].send(cmd).map_err(|_| Unavailable(shard))?;
+            let cmd = Command::List {
+                query: query.clone(),
+                reply: tx,
+            };
+            self.shards[shard]
+                .send(cmd)
+                .map_err(|_| Unavailable(shard))?;
             pending.push((shard, rx));
         }
         let mut pages = Vec::with_capacity(pending.len());
@@ -117,7 +128,10 @@ mod tests {
             }
             let expected = 10_000 / shards;
             for c in counts {
-                assert!(c.abs_diff(expected) < expected / 10, "{shards} shards: {c} vs {expected}");
+                assert!(
+                    c.abs_diff(expected) < expected / 10,
+                    "{shards} shards: {c} vs {expected}"
+                );
             }
         }
     }

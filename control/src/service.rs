@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rtprelay_dataplane::ListQuery;
 use rtprelay_proto::v1;
 use rtprelay_proto::v1::relay_server::Relay;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::convert;
@@ -156,7 +156,11 @@ impl Relay for Service {
             // One more than asked, to know whether another page follows.
             limit: limit + 1,
         };
-        let pages = s.router.list_all(query).await.map_err(|e| s.unavailable(CALL, e))?;
+        let pages = s
+            .router
+            .list_all(query)
+            .await
+            .map_err(|e| s.unavailable(CALL, e))?;
         let total = pages.iter().map(|p| p.total as u64).sum();
         let mut sessions: Vec<_> = pages.into_iter().flat_map(|p| p.sessions).collect();
         sessions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -196,8 +200,15 @@ impl Relay for Service {
     ) -> Result<Response<v1::GetRelayStatsResponse>, Status> {
         const CALL: &str = "GetRelayStats";
         let s = &self.0;
-        let query = ListQuery { limit: 0, ..ListQuery::default() };
-        let pages = s.router.list_all(query).await.map_err(|e| s.unavailable(CALL, e))?;
+        let query = ListQuery {
+            limit: 0,
+            ..ListQuery::default()
+        };
+        let pages = s
+            .router
+            .list_all(query)
+            .await
+            .map_err(|e| s.unavailable(CALL, e))?;
         let refused = s
             .refused
             .lock()
@@ -208,9 +219,4 @@ impl Relay for Service {
             refused_requests: refused,
         }))
     }
-}
-
-/// Maps a status code to the name GetRelayStats reports (for tests and dashboards).
-pub fn code_name(code: Code) -> String {
-    format!("{code:?}")
 }

@@ -40,14 +40,20 @@ fn ip(field: &str, address: &str, default: Option<IpAddr>) -> Result<IpAddr, Inv
         default.ok_or_else(|| Invalid(format!("{field}.address is required")))?
     } else {
         address.parse::<IpAddr>().map_err(|_| {
-            Invalid(format!("{field}.address {address:?} is not an IPv4 or IPv6 address"))
+            Invalid(format!(
+                "{field}.address {address:?} is not an IPv4 or IPv6 address"
+            ))
         })?
     };
     if ip.is_unspecified() {
-        return Err(Invalid(format!("{field}.address {ip} is unspecified; name a specific address")));
+        return Err(Invalid(format!(
+            "{field}.address {ip} is unspecified; name a specific address"
+        )));
     }
     if ip.is_multicast() {
-        return Err(Invalid(format!("{field}.address {ip} is a multicast address")));
+        return Err(Invalid(format!(
+            "{field}.address {ip} is a multicast address"
+        )));
     }
     Ok(ip)
 }
@@ -56,8 +62,8 @@ fn ip(field: &str, address: &str, default: Option<IpAddr>) -> Result<IpAddr, Inv
 fn local(field: &str, ep: Option<&v1::Endpoint>, default: IpAddr) -> Result<SocketAddr, Invalid> {
     let (address, port) = ep.map_or(("", 0), |e| (e.address.as_str(), e.port));
     let ip = ip(field, address, Some(default))?;
-    let port = u16::try_from(port)
-        .map_err(|_| Invalid(format!("{field}.port {port} is out of range")))?;
+    let port =
+        u16::try_from(port).map_err(|_| Invalid(format!("{field}.port {port} is out of range")))?;
     if port % 2 == 1 {
         return Err(Invalid(format!(
             "{field}.port {port} is odd; RTP ports are even (RTCP uses port+1), or 0 to allocate"
@@ -75,7 +81,12 @@ pub fn create_request(
     let protocol = match v1::Protocol::try_from(req.protocol) {
         Ok(v1::Protocol::Unspecified | v1::Protocol::Udp) => Protocol::Udp,
         Ok(v1::Protocol::Tcp) => Protocol::Tcp,
-        Err(_) => return Err(Invalid(format!("protocol {} is not a known protocol", req.protocol))),
+        Err(_) => {
+            return Err(Invalid(format!(
+                "protocol {} is not a known protocol",
+                req.protocol
+            )));
+        }
     };
     let listen = local("listen", req.listen.as_ref(), media_address)?;
     let connect = local("connect", req.connect.as_ref(), media_address)?;
@@ -113,7 +124,10 @@ mod tests {
     const MEDIA: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn ep(address: &str, port: u32) -> Option<v1::Endpoint> {
-        Some(v1::Endpoint { address: address.into(), port })
+        Some(v1::Endpoint {
+            address: address.into(),
+            port,
+        })
     }
 
     fn req() -> v1::CreateSessionRequest {
@@ -167,17 +181,39 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(fn(&mut v1::CreateSessionRequest), &str)> = vec![
-            (|r| r.listen = ep("localhost", 0), "listen.address \"localhost\""),
+        type Mutation = fn(&mut v1::CreateSessionRequest);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                |r| r.listen = ep("localhost", 0),
+                "listen.address \"localhost\"",
+            ),
             (|r| r.connect = ep("300.1.1.1", 0), "connect.address"),
-            (|r| r.listen = ep("0.0.0.0", 0), "listen.address 0.0.0.0 is unspecified"),
-            (|r| r.connect = ep("224.0.0.1", 0), "connect.address 224.0.0.1 is a multicast"),
-            (|r| r.listen = ep("127.0.0.1", 30001), "listen.port 30001 is odd"),
-            (|r| r.connect = ep("127.0.0.1", 70000), "connect.port 70000 is out of range"),
+            (
+                |r| r.listen = ep("0.0.0.0", 0),
+                "listen.address 0.0.0.0 is unspecified",
+            ),
+            (
+                |r| r.connect = ep("224.0.0.1", 0),
+                "connect.address 224.0.0.1 is a multicast",
+            ),
+            (
+                |r| r.listen = ep("127.0.0.1", 30001),
+                "listen.port 30001 is odd",
+            ),
+            (
+                |r| r.connect = ep("127.0.0.1", 70000),
+                "connect.port 70000 is out of range",
+            ),
             (|r| r.destination = None, "destination is required"),
-            (|r| r.destination = ep("", 40000), "destination.address is required"),
+            (
+                |r| r.destination = ep("", 40000),
+                "destination.address is required",
+            ),
             (|r| r.destination = ep("127.0.0.1", 0), "destination.port 0"),
-            (|r| r.destination = ep("127.0.0.1", 65535), "destination.port 65535"),
+            (
+                |r| r.destination = ep("127.0.0.1", 65535),
+                "destination.port 65535",
+            ),
             (|r| r.destination = ep("::1", 4000), "different IP families"),
             (|r| r.protocol = 9, "protocol 9"),
         ];
@@ -185,7 +221,10 @@ mod tests {
             let mut r = req();
             mutate(&mut r);
             let message = err(r);
-            assert!(message.contains(expected), "{message:?} should mention {expected:?}");
+            assert!(
+                message.contains(expected),
+                "{message:?} should mention {expected:?}"
+            );
         }
     }
 
@@ -198,7 +237,10 @@ mod tests {
         assert!(create_request(&r, MEDIA).is_ok());
         r.connect = ep("127.0.0.1", 0);
         r.destination = ep("127.0.0.1", 5000);
-        assert!(create_request(&r, MEDIA).is_ok(), "v6 listen with v4 outbound is a valid bridge");
+        assert!(
+            create_request(&r, MEDIA).is_ok(),
+            "v6 listen with v4 outbound is a valid bridge"
+        );
     }
 
     proptest! {

@@ -34,7 +34,11 @@ impl Dataplane {
     /// failure (no io_uring, too few file descriptors) is reported here, not on first use.
     pub fn start(config: DataplaneConfig, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
         let config = Arc::new(config);
-        let cores = if config.pin_cores { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let cores = if config.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut handles = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
         for index in 0..config.shards {

@@ -30,7 +30,11 @@ impl PortRange {
     /// odd port at or below `max`. Port 0 is never part of a range.
     pub fn new(min: u16, max: u16) -> Result<Self, RangeError> {
         let first = u32::from(min.max(2)).next_multiple_of(2);
-        let last_odd = if max % 2 == 1 { u32::from(max) } else { u32::from(max).saturating_sub(1) };
+        let last_odd = if max % 2 == 1 {
+            u32::from(max)
+        } else {
+            u32::from(max).saturating_sub(1)
+        };
         if last_odd < first + 1 {
             return Err(RangeError::Empty { min, max });
         }
@@ -147,8 +151,14 @@ mod tests {
         let r = PortRange::new(16383, 16390).unwrap();
         assert_eq!((r.first, r.pairs, r.last()), (16384, 3, 16389));
         assert_eq!(PortRange::new(0, 3).unwrap().first, 2);
-        assert_eq!(PortRange::new(10, 10), Err(RangeError::Empty { min: 10, max: 10 }));
-        assert_eq!(PortRange::new(11, 12), Err(RangeError::Empty { min: 11, max: 12 }));
+        assert_eq!(
+            PortRange::new(10, 10),
+            Err(RangeError::Empty { min: 10, max: 10 })
+        );
+        assert_eq!(
+            PortRange::new(11, 12),
+            Err(RangeError::Empty { min: 11, max: 12 })
+        );
         assert_eq!(PortRange::new(65534, 65535).unwrap().pairs, 1);
     }
 
@@ -178,11 +188,17 @@ mod tests {
         let mut a = PortAllocator::new(r, 0, 1);
         assert_eq!(a.candidates(LO).next(), Some(20000));
         a.claim(LO, 20000);
-        assert_eq!(a.candidates(LO).collect::<Vec<_>>(), vec![20002, 20004, 20006]);
+        assert_eq!(
+            a.candidates(LO).collect::<Vec<_>>(),
+            vec![20002, 20004, 20006]
+        );
         a.claim(LO, 20002);
         a.release(LO, 20000);
         // The freed pair comes last, not next.
-        assert_eq!(a.candidates(LO).collect::<Vec<_>>(), vec![20004, 20006, 20000]);
+        assert_eq!(
+            a.candidates(LO).collect::<Vec<_>>(),
+            vec![20004, 20006, 20000]
+        );
         // Another address has its own pool.
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert_eq!(a.candidates(other).count(), 4);

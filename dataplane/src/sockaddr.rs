@@ -95,7 +95,12 @@ mod tests {
 
     #[test]
     fn decodes_what_the_kernel_layout_holds() {
-        for s in ["127.0.0.1:16384", "[::1]:30000", "[fe80::1%2]:5", "0.0.0.0:0"] {
+        for s in [
+            "127.0.0.1:16384",
+            "[::1]:30000",
+            "[fe80::1%2]:5",
+            "0.0.0.0:0",
+        ] {
             let addr: SocketAddr = s.parse().unwrap();
             assert_eq!(decode(&kernel_bytes(addr)), Some(addr), "{s}");
         }

@@ -83,7 +83,10 @@ mod tests {
         let port = free_even_port();
         let pair = bind_pair(LO, port).unwrap();
         assert_eq!(pair.addr, SocketAddr::new(LO, port));
-        assert_eq!(pair.rtcp.local_addr().unwrap().as_socket().unwrap().port(), port + 1);
+        assert_eq!(
+            pair.rtcp.local_addr().unwrap().as_socket().unwrap().port(),
+            port + 1
+        );
         assert!(matches!(bind_pair(LO, port), Err(BindError::InUse { port: p }) if p == port));
         drop(pair);
         assert!(bind_pair(LO, port).is_ok(), "closing frees both ports");

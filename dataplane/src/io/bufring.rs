@@ -68,7 +68,14 @@ impl BufRing {
         let stride = (buf_len as usize).next_multiple_of(64);
         let ring = Mapping::new(usize::from(entries) * std::mem::size_of::<BufRingEntry>())?;
         let buffers = Mapping::new(usize::from(entries) * stride)?;
-        let mut this = Self { ring, buffers, entries, buf_len, stride, tail: 0 };
+        let mut this = Self {
+            ring,
+            buffers,
+            entries,
+            buf_len,
+            stride,
+            tail: 0,
+        };
         for bid in 0..entries {
             this.push(bid);
         }
@@ -93,9 +100,7 @@ impl BufRing {
         let len = len.min(self.buf_len as usize);
         // SAFETY: bid < entries (checked by the caller's CQE decoding), so the range lies inside
         // the mapping; the caller guarantees the kernel is not writing it.
-        unsafe {
-            std::slice::from_raw_parts(self.buffers.ptr.as_ptr().add(self.offset(bid)), len)
-        }
+        unsafe { std::slice::from_raw_parts(self.buffers.ptr.as_ptr().add(self.offset(bid)), len) }
     }
 
     /// The address of buffer `bid`.

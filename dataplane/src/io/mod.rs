@@ -26,15 +26,24 @@ pub enum Action {
     Drop,
     /// Send the payload unchanged from socket `via` to `to`; `tag` comes back in
     /// [`PacketHandler::on_sent`].
-    Send { via: Token, to: SocketAddr, tag: u64 },
+    Send {
+        via: Token,
+        to: SocketAddr,
+        tag: u64,
+    },
 }
 
 /// The shard's side of the I/O loop: decides per packet and accounts for the results.
 pub trait PacketHandler {
     /// A datagram arrived on socket `token` from `from`. `truncated` means it was larger than the
     /// receive buffer and `payload` holds only its start.
-    fn on_packet(&mut self, token: Token, from: SocketAddr, payload: &[u8], truncated: bool)
-    -> Action;
+    fn on_packet(
+        &mut self,
+        token: Token,
+        from: SocketAddr,
+        payload: &[u8],
+        truncated: bool,
+    ) -> Action;
     /// A send requested by [`Action::Send`] completed (`Ok(bytes)`) or failed.
     fn on_sent(&mut self, tag: u64, result: io::Result<usize>);
     /// A socket passed to [`MediaIo::remove_socket`] is no longer referenced by any pending

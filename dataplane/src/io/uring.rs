@@ -120,8 +120,12 @@ impl UringIo {
         let bufs = BufRing::new(cfg.buffers, BUF_LEN)?;
         // SAFETY: the ring memory stays mapped until after the io_uring is dropped (field order).
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUF_GROUP, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.ring_addr(),
+                bufs.entries(),
+                BUF_GROUP,
+                0,
+            )?;
         }
 
         // SAFETY: an all-zero msghdr is valid; only the name length is set, so the kernel
@@ -133,7 +137,10 @@ impl UringIo {
             .map(|_| SendSlot {
                 // SAFETY: all-zero msghdr/iovec/sockaddr_in6 are valid values.
                 hdr: unsafe { std::mem::zeroed() },
-                iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
                 addr: unsafe { std::mem::zeroed() },
                 tag: 0,
             })
@@ -219,7 +226,10 @@ impl MediaIo for UringIo {
                 let cancel = opcode::AsyncCancel::new(KIND_RECV | u64::from(token))
                     .build()
                     .user_data(KIND_CANCEL | u64::from(token));
-                if let Err(e) = self.push(&cancel).and_then(|()| self.ring.submit().map(drop)) {
+                if let Err(e) = self
+                    .push(&cancel)
+                    .and_then(|()| self.ring.submit().map(drop))
+                {
                     warn!(token, error = %e, "failed to cancel a socket's receive");
                 }
             }
@@ -276,10 +286,11 @@ impl MediaIo for UringIo {
                             Some((via, to, tag, ptr, len)) => {
                                 let slot = &mut self.sends[usize::from(bid)];
                                 fill_send_slot(slot, &to, tag, ptr, len);
-                                let entry = opcode::SendMsg::new(types::Fixed(via), &raw const slot.hdr)
-                                    .flags(libc::MSG_DONTWAIT as u32)
-                                    .build()
-                                    .user_data(KIND_SEND | u64::from(bid));
+                                let entry =
+                                    opcode::SendMsg::new(types::Fixed(via), &raw const slot.hdr)
+                                        .flags(libc::MSG_DONTWAIT as u32)
+                                        .build()
+                                        .user_data(KIND_SEND | u64::from(bid));
                                 push_split(&submitter, &mut sq, &entry)?;
                             }
                             None => self.bufs.push(bid),
@@ -321,10 +332,13 @@ impl MediaIo for UringIo {
         cq.sync();
         for token in self.rearm.drain(..) {
             if self.sockets[token as usize] == RecvState::Rearm {
-                let entry =
-                    opcode::RecvMsgMulti::new(types::Fixed(token), &raw const *self.recv_hdr, BUF_GROUP)
-                        .build()
-                        .user_data(KIND_RECV | u64::from(token));
+                let entry = opcode::RecvMsgMulti::new(
+                    types::Fixed(token),
+                    &raw const *self.recv_hdr,
+                    BUF_GROUP,
+                )
+                .build()
+                .user_data(KIND_RECV | u64::from(token));
                 push_split(&submitter, &mut sq, &entry)?;
                 self.sockets[token as usize] = RecvState::Armed;
             }
@@ -367,7 +381,10 @@ impl MediaIo for UringIo {
 
 fn fill_send_slot(slot: &mut SendSlot, to: &SocketAddr, tag: u64, ptr: *const u8, len: usize) {
     let namelen = sockaddr::encode(to, &mut slot.addr);
-    slot.iov = libc::iovec { iov_base: ptr.cast_mut().cast(), iov_len: len };
+    slot.iov = libc::iovec {
+        iov_base: ptr.cast_mut().cast(),
+        iov_len: len,
+    };
     slot.hdr.msg_name = (&raw mut slot.addr).cast();
     slot.hdr.msg_namelen = namelen;
     slot.hdr.msg_iov = &raw mut slot.iov;

@@ -80,7 +80,11 @@ impl UdpRelay {
             Leg::OutRtp | Leg::OutRtcp => &mut self.reverse,
         };
         stats.last_activity_us = now_us;
-        let counters = if leg.is_rtcp() { &mut stats.rtcp } else { &mut stats.rtp };
+        let counters = if leg.is_rtcp() {
+            &mut stats.rtcp
+        } else {
+            &mut stats.rtp
+        };
         counters.received(len);
         if let Verdict::Drop(reason) = verdict {
             counters.dropped(reason);
@@ -92,22 +96,34 @@ impl UdpRelay {
         match leg {
             Leg::ListenRtp => {
                 self.client.get_or_insert(from);
-                Verdict::Send { via: Leg::OutRtp, to: self.destination }
+                Verdict::Send {
+                    via: Leg::OutRtp,
+                    to: self.destination,
+                }
             }
             Leg::ListenRtcp => {
                 self.client_rtcp.get_or_insert(from);
-                Verdict::Send { via: Leg::OutRtcp, to: self.destination_rtcp }
+                Verdict::Send {
+                    via: Leg::OutRtcp,
+                    to: self.destination_rtcp,
+                }
             }
             Leg::OutRtp if from != self.destination => Verdict::Drop(DropReason::UnexpectedSource),
             Leg::OutRtcp if from != self.destination_rtcp => {
                 Verdict::Drop(DropReason::UnexpectedSource)
             }
             Leg::OutRtp => match self.client {
-                Some(to) => Verdict::Send { via: Leg::ListenRtp, to },
+                Some(to) => Verdict::Send {
+                    via: Leg::ListenRtp,
+                    to,
+                },
                 None => Verdict::Drop(DropReason::NoClient),
             },
             Leg::OutRtcp => match self.reverse_rtcp_target() {
-                Some(to) => Verdict::Send { via: Leg::ListenRtcp, to },
+                Some(to) => Verdict::Send {
+                    via: Leg::ListenRtcp,
+                    to,
+                },
                 None => Verdict::Drop(DropReason::NoClient),
             },
         }
@@ -156,11 +172,23 @@ mod tests {
     fn forward_goes_to_destination_and_latches_client() {
         let mut r = UdpRelay::new(addr(DEST));
         let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 172, false, 7);
-        assert_eq!(v, Verdict::Send { via: Leg::OutRtp, to: addr(DEST) });
+        assert_eq!(
+            v,
+            Verdict::Send {
+                via: Leg::OutRtp,
+                to: addr(DEST)
+            }
+        );
         assert_eq!(r.client(), Some(addr("192.0.2.1:5000")));
         // A second source does not move the latch but is still forwarded.
         let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.2:6000"), 10, false, 8);
-        assert_eq!(v, Verdict::Send { via: Leg::OutRtp, to: addr(DEST) });
+        assert_eq!(
+            v,
+            Verdict::Send {
+                via: Leg::OutRtp,
+                to: addr(DEST)
+            }
+        );
         assert_eq!(r.client(), Some(addr("192.0.2.1:5000")));
         assert_eq!(r.forward.rtp.packets_received, 2);
         assert_eq!(r.forward.rtp.bytes_received, 182);
@@ -174,7 +202,13 @@ mod tests {
         assert_eq!(v, Verdict::Drop(DropReason::NoClient));
         r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 100, false, 2);
         let v = r.on_receive(Leg::OutRtp, addr(DEST), 100, false, 3);
-        assert_eq!(v, Verdict::Send { via: Leg::ListenRtp, to: addr("192.0.2.1:5000") });
+        assert_eq!(
+            v,
+            Verdict::Send {
+                via: Leg::ListenRtp,
+                to: addr("192.0.2.1:5000")
+            }
+        );
         assert_eq!(r.reverse.rtp.dropped.no_client, 1);
         assert_eq!(r.reverse.rtp.packets_received, 2);
     }
@@ -186,7 +220,11 @@ mod tests {
         let v = r.on_receive(Leg::OutRtp, addr("10.0.0.9:4002"), 1, false, 2);
         assert_eq!(v, Verdict::Drop(DropReason::UnexpectedSource));
         let v = r.on_receive(Leg::OutRtcp, addr(DEST), 1, false, 2);
-        assert_eq!(v, Verdict::Drop(DropReason::UnexpectedSource), "RTCP must come from port+1");
+        assert_eq!(
+            v,
+            Verdict::Drop(DropReason::UnexpectedSource),
+            "RTCP must come from port+1"
+        );
         assert_eq!(r.reverse.rtp.dropped.unexpected_source, 1);
         assert_eq!(r.reverse.rtcp.dropped.unexpected_source, 1);
     }
@@ -195,9 +233,21 @@ mod tests {
     fn rtcp_pairs_with_port_plus_one() {
         let mut r = UdpRelay::new(addr(DEST));
         let v = r.on_receive(Leg::ListenRtcp, addr("192.0.2.1:5001"), 60, false, 1);
-        assert_eq!(v, Verdict::Send { via: Leg::OutRtcp, to: addr("10.0.0.9:4001") });
+        assert_eq!(
+            v,
+            Verdict::Send {
+                via: Leg::OutRtcp,
+                to: addr("10.0.0.9:4001")
+            }
+        );
         let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 60, false, 2);
-        assert_eq!(v, Verdict::Send { via: Leg::ListenRtcp, to: addr("192.0.2.1:5001") });
+        assert_eq!(
+            v,
+            Verdict::Send {
+                via: Leg::ListenRtcp,
+                to: addr("192.0.2.1:5001")
+            }
+        );
     }
 
     #[test]
@@ -205,7 +255,13 @@ mod tests {
         let mut r = UdpRelay::new(addr(DEST));
         r.on_receive(Leg::ListenRtp, addr("192.0.2.1:7000"), 1, false, 1);
         let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 1, false, 2);
-        assert_eq!(v, Verdict::Send { via: Leg::ListenRtcp, to: addr("192.0.2.1:7001") });
+        assert_eq!(
+            v,
+            Verdict::Send {
+                via: Leg::ListenRtcp,
+                to: addr("192.0.2.1:7001")
+            }
+        );
         // A client on port 65535 has no port + 1.
         let mut r = UdpRelay::new(addr(DEST));
         r.on_receive(Leg::ListenRtp, addr("192.0.2.1:65535"), 1, false, 1);

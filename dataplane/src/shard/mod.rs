@@ -107,7 +107,11 @@ pub(crate) fn spawn(
     config: Arc<DataplaneConfig>,
     events: Arc<dyn EventSink>,
 ) -> Result<(ShardHandle, std::thread::JoinHandle<()>), StartError> {
-    let fail = |what, source| StartError::Shard { shard: index, what, source };
+    let fail = |what, source| StartError::Shard {
+        shard: index,
+        what,
+        source,
+    };
     let wake = Arc::new(eventfd().map_err(|e| fail("eventfd", e))?);
     let (tx, rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -124,7 +128,10 @@ pub(crate) fn spawn(
         }
         Err(_) => {
             let _ = thread.join();
-            Err(fail("start", std::io::Error::other("shard thread died during start-up")))
+            Err(fail(
+                "start",
+                std::io::Error::other("shard thread died during start-up"),
+            ))
         }
     }
 }
@@ -138,11 +145,19 @@ fn run(
     wake: Arc<OwnedFd>,
     ready: Ready,
 ) {
-    let fail = |what, source| StartError::Shard { shard: index, what, source };
+    let fail = |what, source| StartError::Shard {
+        shard: index,
+        what,
+        source,
+    };
     if let Some(core) = core
         && !core_affinity::set_for_current(core)
     {
-        warn!(shard = index, core = core.id, "could not pin the shard to its core");
+        warn!(
+            shard = index,
+            core = core.id,
+            "could not pin the shard to its core"
+        );
     }
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .name(&format!("shard-{index}"))
@@ -152,7 +167,10 @@ fn run(
     let executor = match executor {
         Ok(ex) => ex,
         Err(e) => {
-            let _ = ready.send(Err(fail("glommio executor", std::io::Error::other(e.to_string()))));
+            let _ = ready.send(Err(fail(
+                "glommio executor",
+                std::io::Error::other(e.to_string()),
+            )));
             return;
         }
     };
@@ -164,7 +182,8 @@ fn run(
                 return;
             }
         };
-        let readers = glommio_reader(io.wake_fd()).and_then(|r| Ok((r, glommio_reader(wake.as_raw_fd())?)));
+        let readers =
+            glommio_reader(io.wake_fd()).and_then(|r| Ok((r, glommio_reader(wake.as_raw_fd())?)));
         let (ring_wake, cmd_wake) = match readers {
             Ok(r) => r,
             Err(e) => {

@@ -147,8 +147,16 @@ impl SessionTable {
             self.sockets[*token as usize] = Some(SocketRef { session: slot, leg });
         }
         self.next_generation = self.next_generation.wrapping_add(1);
-        let UdpPair { rtp: lr, rtcp: lc, addr: listen_addr } = listen;
-        let UdpPair { rtp: or, rtcp: oc, addr: connect_addr } = out;
+        let UdpPair {
+            rtp: lr,
+            rtcp: lc,
+            addr: listen_addr,
+        } = listen;
+        let UdpPair {
+            rtp: or,
+            rtcp: oc,
+            addr: connect_addr,
+        } = out;
         let entry = Entry {
             id: spec.id.clone(),
             generation: self.next_generation,
@@ -165,8 +173,13 @@ impl SessionTable {
         self.live += 1;
 
         for k in 0..4 {
-            let Some(entry) = self.sessions[slot as usize].as_ref() else { break };
-            let fd = entry.sockets[k].as_ref().map(AsRawFd::as_raw_fd).unwrap_or(-1);
+            let Some(entry) = self.sessions[slot as usize].as_ref() else {
+                break;
+            };
+            let fd = entry.sockets[k]
+                .as_ref()
+                .map(AsRawFd::as_raw_fd)
+                .unwrap_or(-1);
             if let Err(source) = io.add_socket(tokens[k], fd) {
                 warn!(session = %spec.id, error = %source, "registering a socket failed; rolling back");
                 // Sockets 0..k have a receive pending and are released through the I/O layer;
@@ -176,7 +189,11 @@ impl SessionTable {
                     self.free_tokens.push(t);
                 }
                 self.begin_close(io, slot, CloseReason::Destroyed, None, k as u8, true);
-                let field = if k < 2 { EndpointField::Listen } else { EndpointField::Connect };
+                let field = if k < 2 {
+                    EndpointField::Listen
+                } else {
+                    EndpointField::Connect
+                };
                 return Err(CreateError::Socket { field, source });
             }
         }
@@ -222,17 +239,22 @@ impl SessionTable {
     }
 
     pub fn get(&self, id: &str) -> Option<SessionSnapshot> {
-        self.open_slot(id).map(|slot| self.snapshot(slot, SessionState::Forwarding))
+        self.open_slot(id)
+            .map(|slot| self.snapshot(slot, SessionState::Forwarding))
     }
 
     pub fn list(&self, query: &ListQuery) -> ListPage {
         let from = match &query.after {
-            Some(after) if after.as_str() >= query.prefix.as_str() => Bound::Excluded(after.as_str()),
+            Some(after) if after.as_str() >= query.prefix.as_str() => {
+                Bound::Excluded(after.as_str())
+            }
             _ => Bound::Included(query.prefix.as_str()),
         };
         let matching = |(id, _): &(&String, &u32)| id.starts_with(&query.prefix);
         let open = |(_, slot): &(&String, &u32)| {
-            self.sessions[**slot as usize].as_ref().is_some_and(|e| e.closing.is_none())
+            self.sessions[**slot as usize]
+                .as_ref()
+                .is_some_and(|e| e.closing.is_none())
         };
         let total = self
             .by_id
@@ -287,8 +309,15 @@ impl SessionTable {
         registered: u8,
         silent: bool,
     ) {
-        let Some(entry) = self.sessions[slot as usize].as_mut() else { return };
-        entry.closing = Some(Closing { reason, open: registered, reply, silent });
+        let Some(entry) = self.sessions[slot as usize].as_mut() else {
+            return;
+        };
+        entry.closing = Some(Closing {
+            reason,
+            open: registered,
+            reply,
+            silent,
+        });
         for k in 0..usize::from(registered) {
             io.remove_socket(entry.tokens[k]);
         }
@@ -302,7 +331,9 @@ impl SessionTable {
 
     fn finish_close(&mut self, slot: u32) {
         let snapshot = self.snapshot(slot, SessionState::Closed);
-        let Some(mut entry) = self.sessions[slot as usize].take() else { return };
+        let Some(mut entry) = self.sessions[slot as usize].take() else {
+            return;
+        };
         self.free_sessions.push(slot);
         self.live -= 1;
         self.ports.release(entry.listen.ip(), entry.listen.port());
@@ -310,12 +341,17 @@ impl SessionTable {
         if self.by_id.get(&entry.id) == Some(&slot) {
             self.by_id.remove(&entry.id);
         }
-        let Some(closing) = entry.closing.take() else { return };
+        let Some(closing) = entry.closing.take() else {
+            return;
+        };
         if !closing.silent {
             info!(session = %entry.id, reason = closing.reason.as_str(), "session closed");
             self.emit(
                 &entry.id,
-                EventKind::Closed { reason: closing.reason, session: Box::new(snapshot.clone()) },
+                EventKind::Closed {
+                    reason: closing.reason,
+                    session: Box::new(snapshot.clone()),
+                },
             );
         }
         if let Some(reply) = closing.reply {
@@ -344,12 +380,22 @@ impl SessionTable {
     }
 
     fn emit(&self, id: &str, kind: EventKind) {
-        self.events.emit(Event { session_id: id.to_owned(), at_us: unix_now_us(), kind });
+        self.events.emit(Event {
+            session_id: id.to_owned(),
+            at_us: unix_now_us(),
+            kind,
+        });
     }
 }
 
 impl PacketHandler for SessionTable {
-    fn on_packet(&mut self, token: Token, from: SocketAddr, payload: &[u8], truncated: bool) -> Action {
+    fn on_packet(
+        &mut self,
+        token: Token,
+        from: SocketAddr,
+        payload: &[u8],
+        truncated: bool,
+    ) -> Action {
         let Some(Some(sref)) = self.sockets.get(token as usize) else {
             return Action::Drop;
         };
@@ -360,7 +406,10 @@ impl PacketHandler for SessionTable {
         if entry.closing.is_some() {
             return Action::Drop;
         }
-        match entry.relay.on_receive(leg, from, payload.len(), truncated, self.now_us) {
+        match entry
+            .relay
+            .on_receive(leg, from, payload.len(), truncated, self.now_us)
+        {
             Verdict::Send { via, to } => Action::Send {
                 via: entry.tokens[via as usize],
                 to,
@@ -373,7 +422,9 @@ impl PacketHandler for SessionTable {
     fn on_sent(&mut self, tag: u64, result: std::io::Result<usize>) {
         let (slot, generation, leg) = untag(tag);
         let Some(leg) = leg else { return };
-        let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else { return };
+        let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else {
+            return;
+        };
         if entry.generation & 0xff_ffff != generation {
             return;
         }
@@ -391,8 +442,12 @@ impl PacketHandler for SessionTable {
             return;
         };
         self.free_tokens.push(token);
-        let Some(Some(entry)) = self.sessions.get_mut(sref.session as usize) else { return };
-        let Some(closing) = entry.closing.as_mut() else { return };
+        let Some(Some(entry)) = self.sessions.get_mut(sref.session as usize) else {
+            return;
+        };
+        let Some(closing) = entry.closing.as_mut() else {
+            return;
+        };
         closing.open = closing.open.saturating_sub(1);
         if closing.open == 0 {
             self.finish_close(sref.session);
@@ -406,7 +461,11 @@ mod tests {
 
     #[test]
     fn tags_round_trip() {
-        for (slot, generation, leg) in [(0, 0, Leg::ListenRtp), (u32::MAX, 0xff_ffff, Leg::OutRtcp), (7, 1 << 24 | 5, Leg::OutRtp)] {
+        for (slot, generation, leg) in [
+            (0, 0, Leg::ListenRtp),
+            (u32::MAX, 0xff_ffff, Leg::OutRtcp),
+            (7, 1 << 24 | 5, Leg::OutRtp),
+        ] {
             let (s, g, l) = untag(tag(slot, generation, leg));
             assert_eq!((s, g, l), (slot, generation & 0xff_ffff, Some(leg)));
         }

@@ -1,0 +1,214 @@
+//! Test harness: starts the real `rtprelay` binary on loopback and talks to it over gRPC.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use rtprelay_proto::v1;
+use rtprelay_proto::v1::relay_client::RelayClient;
+use tonic::transport::Channel;
+
+/// Media port windows handed to relays started by this test binary, so parallel tests never
+/// share ports. Each relay gets 1000 ports.
+static NEXT_WINDOW: AtomicU16 = AtomicU16::new(0);
+
+pub struct Relay {
+    child: Option<Child>,
+    pub grpc: SocketAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub log: PathBuf,
+}
+
+/// A free TCP port on loopback for the gRPC API.
+fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Relay {
+    /// Starts the relay with `shards` shards and its own 1000-port media window, plus `extra`
+    /// flags. Waits until the gRPC API answers.
+    pub async fn start(shards: usize, extra: &[&str]) -> (Relay, RelayClient<Channel>) {
+        let window = NEXT_WINDOW.fetch_add(1, Ordering::SeqCst);
+        let port_min = 16384 + window * 1000;
+        let port_max = port_min + 999;
+        Self::start_with_range(shards, port_min, port_max, extra).await
+    }
+
+    pub async fn start_with_range(
+        shards: usize,
+        port_min: u16,
+        port_max: u16,
+        extra: &[&str],
+    ) -> (Relay, RelayClient<Channel>) {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let log = std::env::temp_dir().join(format!(
+            "rtprelay-test-{}-{}.log",
+            std::process::id(),
+            grpc.port()
+        ));
+        let log_file = std::fs::File::create(&log).expect("create log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_rtprelay"))
+            .args(["--grpc-listen", &grpc.to_string()])
+            .args(["--shards", &shards.to_string()])
+            .args([
+                "--port-min",
+                &port_min.to_string(),
+                "--port-max",
+                &port_max.to_string(),
+            ])
+            .args(["--log-level", "info"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start rtprelay");
+        let mut relay = Relay {
+            child: Some(child),
+            grpc,
+            port_min,
+            port_max,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(client) = RelayClient::connect(format!("http://{grpc}")).await {
+                return (relay, client);
+            }
+            if let Some(status) = relay
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "rtprelay exited at start-up with {status}:\n{}",
+                    relay.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rtprelay did not come up:\n{}",
+                relay.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// CPU time (user + system) the relay process has used, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // rest starts at field 3 (state, a letter, skipped by parse) -> index 0 is field 4.
+        f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!(
+                "--- rtprelay log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+pub fn ep(address: &str, port: u16) -> Option<v1::Endpoint> {
+    Some(v1::Endpoint {
+        address: address.into(),
+        port: u32::from(port),
+    })
+}
+
+pub fn addr_of(e: &Option<v1::Endpoint>) -> SocketAddr {
+    let e = e.as_ref().expect("endpoint present");
+    SocketAddr::new(e.address.parse().expect("ip"), e.port as u16)
+}
+
+/// A UDP socket on 127.0.0.1 with a receive timeout.
+pub fn udp(port: u16) -> UdpSocket {
+    let s = UdpSocket::bind(("127.0.0.1", port)).expect("bind udp");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+/// An RTP/RTCP socket pair on an even port and port + 1, searched from `from` upwards.
+pub fn udp_pair(from: u16) -> (UdpSocket, UdpSocket) {
+    let mut port = from + from % 2;
+    loop {
+        if let Ok(rtp) = UdpSocket::bind(("127.0.0.1", port))
+            && let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1))
+        {
+            for s in [&rtp, &rtcp] {
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            }
+            return (rtp, rtcp);
+        }
+        port += 2;
+        assert!(port < 65000, "no free UDP pair");
+    }
+}
+
+pub fn create_req(
+    id: &str,
+    listen_port: u16,
+    connect_port: u16,
+    dest: SocketAddr,
+) -> v1::CreateSessionRequest {
+    v1::CreateSessionRequest {
+        session_id: id.into(),
+        listen: ep("127.0.0.1", listen_port),
+        connect: ep("127.0.0.1", connect_port),
+        destination: ep(&dest.ip().to_string(), dest.port()),
+        protocol: v1::Protocol::Udp as i32,
+    }
+}
+
+/// A recognisable payload of `len` bytes for packet `n` of session `s`.
+pub fn payload(s: usize, n: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (s * 31 + n * 7 + i) as u8).collect()
+}

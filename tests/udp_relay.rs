@@ -1,0 +1,465 @@
+//! The real relay, driven over gRPC on loopback: media through many sessions across shards,
+//! exact counters, port life cycle, listing and shutdown.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use rtprelay_proto::v1;
+use tokio_stream::StreamExt;
+
+/// Sends `data` from `from` to `to` and checks it arrives byte-exact at `sink` from `expect_src`.
+fn relay_one(
+    from: &UdpSocket,
+    to: SocketAddr,
+    sink: &UdpSocket,
+    expect_src: SocketAddr,
+    data: &[u8],
+) {
+    from.send_to(data, to).expect("send");
+    let mut buf = vec![0u8; 70_000];
+    let (n, src) = sink.recv_from(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no packet of {} bytes at {:?}: {e}",
+            data.len(),
+            sink.local_addr()
+        )
+    });
+    assert_eq!(src, expect_src, "packet came from the wrong relay socket");
+    assert_eq!(
+        &buf[..n],
+        data,
+        "payload changed in transit ({} bytes)",
+        data.len()
+    );
+}
+
+struct Call {
+    id: String,
+    client_rtp: UdpSocket,
+    client_rtcp: UdpSocket,
+    dest_rtp: UdpSocket,
+    dest_rtcp: UdpSocket,
+    listen: SocketAddr,
+    connect: SocketAddr,
+}
+
+impl Call {
+    fn rtcp(a: SocketAddr) -> SocketAddr {
+        SocketAddr::new(a.ip(), a.port() + 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_sessions_relay_rtp_and_rtcp_both_ways_byte_exact() {
+    let (_relay, mut client) = Relay::start(2, &[]).await;
+    let mut calls = Vec::new();
+    let mut shards_seen = HashSet::new();
+    let mut dest_port = 50000;
+    for i in 0..200 {
+        let (dest_rtp, dest_rtcp) = udp_pair(dest_port);
+        let dest = dest_rtp.local_addr().unwrap();
+        dest_port = dest.port() + 2;
+        let id = format!("call-{i}@example.org;1");
+        let info = client
+            .create_session(create_req(&id, 0, 0, dest))
+            .await
+            .unwrap_or_else(|s| panic!("create {id}: {s}"))
+            .into_inner()
+            .session
+            .unwrap();
+        assert_eq!(info.session_id, id);
+        assert_eq!(info.state, v1::SessionState::Forwarding as i32);
+        let listen = addr_of(&info.listen);
+        let connect = addr_of(&info.connect);
+        assert!(
+            listen.port() % 2 == 0 && listen.port() != 0,
+            "allocated listen port {listen}"
+        );
+        assert!(
+            connect.port() % 2 == 0 && connect.port() != 0,
+            "allocated connect port {connect}"
+        );
+        shards_seen.insert(info.shard);
+        let client_rtp = udp(0);
+        let client_rtcp = udp(0);
+        calls.push(Call {
+            id,
+            client_rtp,
+            client_rtcp,
+            dest_rtp,
+            dest_rtcp,
+            listen,
+            connect,
+        });
+    }
+    assert_eq!(shards_seen.len(), 2, "200 IDs must land on both shards");
+
+    let sizes = [1usize, 172, 1500, 65_000];
+    for (s, c) in calls.iter().enumerate() {
+        // Every session relays 172-byte RTP; every 50th also the edge sizes.
+        let these: &[usize] = if s % 50 == 0 { &sizes } else { &sizes[1..2] };
+        for (n, &len) in these.iter().enumerate() {
+            let p = payload(s, n, len);
+            relay_one(&c.client_rtp, c.listen, &c.dest_rtp, c.connect, &p);
+            relay_one(&c.dest_rtp, c.connect, &c.client_rtp, c.listen, &p);
+            relay_one(
+                &c.client_rtcp,
+                Call::rtcp(c.listen),
+                &c.dest_rtcp,
+                Call::rtcp(c.connect),
+                &p[..len.min(100)],
+            );
+            relay_one(
+                &c.dest_rtcp,
+                Call::rtcp(c.connect),
+                &c.client_rtcp,
+                Call::rtcp(c.listen),
+                &p[..len.min(100)],
+            );
+        }
+    }
+
+    for (s, c) in calls.iter().enumerate() {
+        let these: &[usize] = if s % 50 == 0 { &sizes } else { &sizes[1..2] };
+        let rtp_bytes: u64 = these.iter().map(|&l| l as u64).sum();
+        let rtcp_bytes: u64 = these.iter().map(|&l| l.min(100) as u64).sum();
+        let packets = these.len() as u64;
+        let info = client
+            .get_session_status(v1::GetSessionStatusRequest {
+                session_id: c.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        assert_eq!(
+            addr_of(&info.client),
+            c.client_rtp.local_addr().unwrap(),
+            "latched client"
+        );
+        assert_eq!(
+            addr_of(&info.client_rtcp),
+            c.client_rtcp.local_addr().unwrap()
+        );
+        for dir in [info.forward.unwrap(), info.reverse.unwrap()] {
+            assert!(dir.last_activity_unix_us >= info.created_unix_us);
+            for (counters, bytes) in [
+                (dir.rtp.unwrap(), rtp_bytes),
+                (dir.rtcp.unwrap(), rtcp_bytes),
+            ] {
+                assert_eq!(counters.packets_received, packets, "{}: {counters:?}", c.id);
+                assert_eq!(counters.packets_sent, packets, "{}: {counters:?}", c.id);
+                assert_eq!(counters.bytes_received, bytes, "{}: {counters:?}", c.id);
+                assert_eq!(counters.bytes_sent, bytes, "{}: {counters:?}", c.id);
+                assert_eq!(counters.dropped.unwrap(), v1::DropCounters::default());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_early_reverse_packets_are_dropped_and_counted() {
+    let (_relay, mut client) = Relay::start(1, &[]).await;
+    let (dest_rtp, _dest_rtcp) = udp_pair(51000);
+    let dest = dest_rtp.local_addr().unwrap();
+    let info = client
+        .create_session(create_req("drops", 0, 0, dest))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let (listen, connect) = (addr_of(&info.listen), addr_of(&info.connect));
+
+    // Reverse media before the client has sent anything: nowhere to go.
+    dest_rtp.send_to(b"early", connect).unwrap();
+    // A stranger sends to the outbound socket.
+    let stranger = udp(0);
+    stranger.send_to(b"spoof", connect).unwrap();
+    // Then the client talks and the destination answers: that flows.
+    let client_sock = udp(0);
+    relay_one(&client_sock, listen, &dest_rtp, connect, b"hello");
+    relay_one(&dest_rtp, connect, &client_sock, listen, b"world");
+    // The stranger's packet must not have reached the client.
+    client_sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        client_sock.recv_from(&mut [0u8; 64]).is_err(),
+        "a stranger's packet was relayed"
+    );
+
+    let info = client
+        .get_session_status(v1::GetSessionStatusRequest {
+            session_id: "drops".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let rev = info.reverse.unwrap().rtp.unwrap();
+    assert_eq!(rev.packets_received, 3);
+    assert_eq!(rev.packets_sent, 1);
+    let dropped = rev.dropped.unwrap();
+    assert_eq!((dropped.no_client, dropped.unexpected_source), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_returns_final_counters_and_frees_the_ports() {
+    let (relay, mut client) = Relay::start(2, &[]).await;
+    let (dest_rtp, _dest_rtcp) = udp_pair(52000);
+    let dest = dest_rtp.local_addr().unwrap();
+    let listen_port = relay.port_max - 99 - (relay.port_max - 99) % 2;
+    let connect_port = listen_port + 2;
+    for round in 0..3 {
+        let id = format!("reuse-{round}");
+        let info = client
+            .create_session(create_req(&id, listen_port, connect_port, dest))
+            .await
+            .unwrap_or_else(|s| panic!("round {round}: {s}"))
+            .into_inner()
+            .session
+            .unwrap();
+        assert_eq!(addr_of(&info.listen).port(), listen_port);
+        assert_eq!(addr_of(&info.connect).port(), connect_port);
+        let c = udp(0);
+        relay_one(
+            &c,
+            addr_of(&info.listen),
+            &dest_rtp,
+            addr_of(&info.connect),
+            b"x",
+        );
+        let last = client
+            .destroy_session(v1::DestroySessionRequest {
+                session_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        assert_eq!(last.state, v1::SessionState::Closed as i32);
+        assert_eq!(last.forward.unwrap().rtp.unwrap().packets_sent, 1);
+        // The ports are free the moment DestroySession has answered.
+        for port in [listen_port, listen_port + 1, connect_port, connect_port + 1] {
+            UdpSocket::bind(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("port {port} still held: {e}"));
+        }
+        let gone = client
+            .get_session_status(v1::GetSessionStatusRequest { session_id: id })
+            .await;
+        assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_sessions_pages_and_filters() {
+    let (_relay, mut client) = Relay::start(2, &[]).await;
+    let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for i in 0..25 {
+        client
+            .create_session(create_req(&format!("a-{i:02}"), 0, 0, dest))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        client
+            .create_session(create_req(&format!("b-{i}"), 0, 0, dest))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_sessions(v1::ListSessionsRequest {
+                page_size: 10,
+                page_token: token,
+                id_prefix: "a-".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total, 25);
+        pages += 1;
+        seen.extend(page.sessions.into_iter().map(|s| s.session_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..25).map(|i| format!("a-{i:02}")).collect();
+    assert_eq!(seen, expected, "every session once, in ID order");
+    let all = client
+        .list_sessions(v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((all.total, all.sessions.len()), (30, 30));
+    let stats = client
+        .get_relay_stats(v1::GetRelayStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.sessions_per_shard.iter().sum::<u64>(), 30);
+    assert_eq!(stats.sessions_per_shard.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_report_created_and_closed_to_filtered_watchers() {
+    let (_relay, mut client) = Relay::start(2, &[]).await;
+    let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut all = client
+        .watch_events(v1::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut only_b = client
+        .watch_events(v1::WatchEventsRequest {
+            session_ids: vec!["ev-b".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for id in ["ev-a", "ev-b"] {
+        client
+            .create_session(create_req(id, 0, 0, dest))
+            .await
+            .unwrap();
+        client
+            .destroy_session(v1::DestroySessionRequest {
+                session_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let kind = |e: v1::SessionEvent| {
+        let k = match e.kind.unwrap() {
+            v1::session_event::Kind::Created(_) => "created".to_string(),
+            v1::session_event::Kind::Closed(c) => format!("closed:{}", c.reason),
+            other => format!("{other:?}"),
+        };
+        format!("{} {k}", e.session_id)
+    };
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let e = tokio::time::timeout(Duration::from_secs(5), all.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(kind(e));
+    }
+    assert_eq!(
+        got,
+        [
+            "ev-a created",
+            "ev-a closed:destroyed",
+            "ev-b created",
+            "ev-b closed:destroyed"
+        ]
+    );
+    let mut got_b = Vec::new();
+    for _ in 0..2 {
+        let e = tokio::time::timeout(Duration::from_secs(5), only_b.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got_b.push(kind(e));
+    }
+    assert_eq!(got_b, ["ev-b created", "ev-b closed:destroyed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_session_and_exits_zero() {
+    let (mut relay, mut client) = Relay::start(2, &[]).await;
+    let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut events = client
+        .watch_events(v1::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ports = Vec::new();
+    for i in 0..20 {
+        let info = client
+            .create_session(create_req(&format!("s-{i}"), 0, 0, dest))
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        ports.push(addr_of(&info.listen).port());
+        ports.push(addr_of(&info.connect).port());
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = relay.terminate(Duration::from_secs(10));
+        (relay, status)
+    });
+    let mut closed = HashSet::new();
+    let mut created = 0;
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+        match e.kind.unwrap() {
+            v1::session_event::Kind::Created(_) => created += 1,
+            v1::session_event::Kind::Closed(c) => {
+                assert_eq!(c.reason, "shutdown");
+                assert_eq!(c.session.unwrap().state, v1::SessionState::Closed as i32);
+                closed.insert(e.session_id);
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    let (_relay, status) = status.await.unwrap();
+    let status = status.expect("relay did not exit within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(created, 20);
+    assert_eq!(closed.len(), 20, "every session emits Closed before exit");
+    for port in ports {
+        UdpSocket::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} held after exit: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_uses_no_cpu_and_answers_within_milliseconds() {
+    let (relay, mut client) = Relay::start(2, &[]).await;
+    let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    client
+        .create_session(create_req("idle", 0, 0, dest))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = relay.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = relay.cpu_ticks() - before;
+    // Clock ticks are 10 ms: a busy-polling shard would burn ~200 ticks in 2 s.
+    assert!(used <= 4, "idle relay used {used} ticks of CPU in 2 s");
+
+    let mut rtts = Vec::new();
+    for _ in 0..200 {
+        let t = std::time::Instant::now();
+        client
+            .get_session_status(v1::GetSessionStatusRequest {
+                session_id: "idle".into(),
+            })
+            .await
+            .unwrap();
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    let p50 = rtts[rtts.len() / 2];
+    eprintln!(
+        "GetSessionStatus round trip on an idle relay: p50 {p50:?}, p99 {:?}",
+        rtts[rtts.len() * 99 / 100]
+    );
+    assert!(p50 < Duration::from_millis(5), "p50 round trip {p50:?}");
+}
