@@ -8,6 +8,7 @@ pub mod config;
 pub mod event;
 pub mod io;
 pub mod ports;
+pub mod rtp;
 pub mod session;
 pub mod shard;
 pub mod sockaddr;

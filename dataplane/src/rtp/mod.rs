@@ -1,0 +1,1 @@
+//! RTP/RTCP parsing and RFC 3550 statistics (sans-IO).
