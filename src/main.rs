@@ -67,7 +67,7 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
     if let Some(files) = open_files {
         let fit = (files.saturating_sub(256) / shards as u64).min(u64::from(u32::MAX)) as u32;
         if fit < max_sockets {
-            warn!(
+            info!(
                 max_sockets,
                 fit, "open-files limit caps the sockets per shard"
             );
