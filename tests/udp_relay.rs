@@ -148,6 +148,15 @@ async fn two_hundred_sessions_relay_rtp_and_rtcp_both_ways_byte_exact() {
         );
         for dir in [info.forward.unwrap(), info.reverse.unwrap()] {
             assert!(dir.last_activity_unix_us >= info.created_unix_us);
+            let residence = dir.residence.unwrap();
+            assert_eq!(
+                residence.count,
+                2 * packets,
+                "{}: every relayed packet is timed",
+                c.id
+            );
+            assert!(residence.p50_us > 0 && residence.p50_us <= residence.max_us);
+            assert!(residence.max_us < 1_000_000, "{}: {residence:?}", c.id);
             for (counters, bytes) in [
                 (dir.rtp.unwrap(), rtp_bytes),
                 (dir.rtcp.unwrap(), rtcp_bytes),

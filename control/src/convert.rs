@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use rtprelay_dataplane::stats::{DirectionStats, DropCounters, PacketCounters};
+use rtprelay_dataplane::stats::{DirectionStats, DropCounters, PacketCounters, ResidenceSummary};
 use rtprelay_dataplane::{CreateError, Event, EventKind, Protocol, SessionSnapshot, SessionState};
 use rtprelay_proto::v1;
 use tonic::{Code, Status};
@@ -44,11 +44,18 @@ fn counters(c: &PacketCounters) -> v1::PacketCounters {
     }
 }
 
-fn direction(d: &DirectionStats) -> v1::DirectionStats {
+fn direction(d: &DirectionStats, r: &ResidenceSummary) -> v1::DirectionStats {
     v1::DirectionStats {
         rtp: Some(counters(&d.rtp)),
         rtcp: Some(counters(&d.rtcp)),
         last_activity_unix_us: d.last_activity_us,
+        residence: Some(v1::Residence {
+            count: r.count,
+            p50_us: r.p50_us,
+            p90_us: r.p90_us,
+            p99_us: r.p99_us,
+            max_us: r.max_us,
+        }),
     }
 }
 
@@ -66,8 +73,8 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
         client: s.client.map(endpoint),
         client_rtcp: s.client_rtcp.map(endpoint),
         created_unix_us: s.created_us,
-        forward: Some(direction(&s.forward)),
-        reverse: Some(direction(&s.reverse)),
+        forward: Some(direction(&s.forward, &s.forward_residence)),
+        reverse: Some(direction(&s.reverse, &s.reverse_residence)),
         shard: s.shard,
     }
 }

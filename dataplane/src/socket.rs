@@ -41,8 +41,29 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<Socket> {
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    enable_rx_timestamps(&socket)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// Asks the kernel to stamp every received datagram with its arrival time (SO_TIMESTAMPNS),
+/// read back by the I/O layer for jitter and residence time.
+fn enable_rx_timestamps(socket: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Binds `ip:port` and `ip:port+1`. `port` must be even and non-zero; if either half is taken,

@@ -9,6 +9,7 @@
 //! io_uring) can be slotted in.
 
 mod bufring;
+pub mod cmsg;
 pub mod uring;
 
 use std::io;
@@ -33,19 +34,24 @@ pub enum Action {
     },
 }
 
+/// One received datagram, as handed to [`PacketHandler::on_packet`].
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub token: Token,
+    pub from: SocketAddr,
+    pub payload: &'a [u8],
+    pub truncated: bool,
+    /// Kernel receive timestamp, microseconds since the Unix epoch.
+    pub arrival_us: u64,
+}
+
 /// The shard's side of the I/O loop: decides per packet and accounts for the results.
 pub trait PacketHandler {
-    /// A datagram arrived on socket `token` from `from`. `truncated` means it was larger than the
-    /// receive buffer and `payload` holds only its start.
-    fn on_packet(
-        &mut self,
-        token: Token,
-        from: SocketAddr,
-        payload: &[u8],
-        truncated: bool,
-    ) -> Action;
-    /// A send requested by [`Action::Send`] completed (`Ok(bytes)`) or failed.
-    fn on_sent(&mut self, tag: u64, result: io::Result<usize>);
+    /// A datagram arrived (see [`Received`]).
+    fn on_packet(&mut self, packet: Received<'_>) -> Action;
+    /// A send requested by [`Action::Send`] completed (`Ok(bytes)`) or failed. `residence_us` is
+    /// the time from the packet's arrival to this completion, when the arrival time is known.
+    fn on_sent(&mut self, tag: u64, result: io::Result<usize>, residence_us: Option<u64>);
     /// A socket passed to [`MediaIo::remove_socket`] is no longer referenced by any pending
     /// receive: once the caller has closed its descriptor, its port is free.
     fn on_socket_released(&mut self, token: Token);

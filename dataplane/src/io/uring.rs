@@ -19,8 +19,10 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tracing::warn;
 
 use super::bufring::BufRing;
-use super::{Action, MediaIo, PacketHandler, Token};
+use super::cmsg::{TIMESTAMP_SPACE, rx_timestamp_us};
+use super::{Action, MediaIo, PacketHandler, Received, Token};
 use crate::sockaddr;
+use crate::time::unix_now_us;
 
 /// Tuning of one shard's ring.
 #[derive(Debug, Clone)]
@@ -50,7 +52,8 @@ impl Default for UringConfig {
 
 const BUF_GROUP: u16 = 0;
 /// The largest UDP payload plus the `io_uring_recvmsg_out` header and the source address.
-const BUF_LEN: u32 = (RECVMSG_OUT_HEADER + sockaddr::MAX_SOCKADDR_LEN + 65535) as u32;
+const BUF_LEN: u32 =
+    (RECVMSG_OUT_HEADER + sockaddr::MAX_SOCKADDR_LEN + TIMESTAMP_SPACE + 65535) as u32;
 /// `struct io_uring_recvmsg_out`: name, control and payload lengths and the message flags.
 const RECVMSG_OUT_HEADER: usize = 16;
 
@@ -68,6 +71,8 @@ struct SendSlot {
     iov: libc::iovec,
     addr: libc::sockaddr_in6,
     tag: u64,
+    /// The packet's arrival time (0 = unknown), for its residence time.
+    arrival_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,13 +92,25 @@ pub struct UringIo {
     // Declared first so it is dropped first: the kernel must let go of the buffers, the send
     // slots and the receive header before they are freed.
     ring: IoUring,
+    st: Shared,
+    released: Vec<Token>,
+    efd: OwnedFd,
+}
+
+/// Everything the kernel may read or write on the ring's behalf, and the per-socket receive
+/// state; kept apart from the ring so completions can be handled while the ring is split.
+struct Shared {
     bufs: BufRing,
     recv_hdr: Box<libc::msghdr>,
     sends: Box<[SendSlot]>,
     sockets: Vec<RecvState>,
     rearm: Vec<Token>,
-    released: Vec<Token>,
-    efd: OwnedFd,
+}
+
+/// A send to queue: from socket `via`, buffer `bid` (already filled into its send slot).
+struct PendingSend {
+    via: Token,
+    bid: u16,
 }
 
 impl UringIo {
@@ -128,10 +145,11 @@ impl UringIo {
             )?;
         }
 
-        // SAFETY: an all-zero msghdr is valid; only the name length is set, so the kernel
-        // reserves room for the source address in front of every payload.
+        // SAFETY: an all-zero msghdr is valid; only the lengths are set, so the kernel reserves
+        // room for the source address and the receive timestamp in front of every payload.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_hdr.msg_namelen = sockaddr::MAX_SOCKADDR_LEN as libc::socklen_t;
+        recv_hdr.msg_controllen = TIMESTAMP_SPACE as _;
 
         let sends = (0..cfg.buffers)
             .map(|_| SendSlot {
@@ -143,27 +161,24 @@ impl UringIo {
                 },
                 addr: unsafe { std::mem::zeroed() },
                 tag: 0,
+                arrival_us: 0,
             })
             .collect();
 
         let mut this = Self {
             ring,
-            bufs,
-            recv_hdr,
-            sends,
-            sockets: vec![RecvState::Idle; cfg.max_sockets as usize],
-            rearm: Vec::new(),
+            st: Shared {
+                bufs,
+                recv_hdr,
+                sends,
+                sockets: vec![RecvState::Idle; cfg.max_sockets as usize],
+                rearm: Vec::new(),
+            },
             released: Vec::new(),
             efd,
         };
         this.ring.completion().disable_eventfd();
         Ok(this)
-    }
-
-    fn recv_entry(&self, token: Token) -> squeue::Entry {
-        opcode::RecvMsgMulti::new(types::Fixed(token), &raw const *self.recv_hdr, BUF_GROUP)
-            .build()
-            .user_data(KIND_RECV | u64::from(token))
     }
 
     /// Queues `entry`, submitting first if the submission queue is full.
@@ -198,7 +213,7 @@ fn push_split(
 
 impl MediaIo for UringIo {
     fn add_socket(&mut self, token: Token, fd: RawFd) -> io::Result<()> {
-        let state = self.sockets.get(token as usize).copied();
+        let state = self.st.sockets.get(token as usize).copied();
         if state != Some(RecvState::Idle) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -206,15 +221,15 @@ impl MediaIo for UringIo {
             ));
         }
         self.ring.submitter().register_files_update(token, &[fd])?;
-        let entry = self.recv_entry(token);
+        let entry = self.st.recv_entry(token);
         self.push(&entry)?;
         self.ring.submit()?;
-        self.sockets[token as usize] = RecvState::Armed;
+        self.st.sockets[token as usize] = RecvState::Armed;
         Ok(())
     }
 
     fn remove_socket(&mut self, token: Token) {
-        let Some(state) = self.sockets.get(token as usize).copied() else {
+        let Some(state) = self.st.sockets.get(token as usize).copied() else {
             return;
         };
         if let Err(e) = self.ring.submitter().register_files_update(token, &[-1]) {
@@ -222,7 +237,7 @@ impl MediaIo for UringIo {
         }
         match state {
             RecvState::Armed => {
-                self.sockets[token as usize] = RecvState::Closing;
+                self.st.sockets[token as usize] = RecvState::Closing;
                 let cancel = opcode::AsyncCancel::new(KIND_RECV | u64::from(token))
                     .build()
                     .user_data(KIND_CANCEL | u64::from(token));
@@ -234,7 +249,7 @@ impl MediaIo for UringIo {
                 }
             }
             RecvState::Rearm | RecvState::Idle => {
-                self.sockets[token as usize] = RecvState::Idle;
+                self.st.sockets[token as usize] = RecvState::Idle;
                 self.released.push(token);
                 if let Err(e) = self.nudge() {
                     warn!(token, error = %e, "failed to wake the shard for a socket release");
@@ -248,102 +263,30 @@ impl MediaIo for UringIo {
         for token in self.released.drain(..) {
             handler.on_socket_released(token);
         }
+        let fallback_us = unix_now_us();
         let (submitter, mut sq, mut cq) = self.ring.split();
         let mut handled = 0;
         while handled < budget {
             let Some(cqe) = cq.next() else { break };
             handled += 1;
-            let user_data = cqe.user_data();
-            let res = cqe.result();
-            let flags = cqe.flags();
-            match user_data & KIND_MASK {
+            match cqe.user_data() & KIND_MASK {
                 KIND_RECV => {
-                    let token = (user_data & 0xffff_ffff) as Token;
-                    let state = self.sockets.get(token as usize).copied();
-                    if let Some(bid) = cqueue::buffer_select(flags) {
-                        let mut send = None;
-                        if res >= 0 && state == Some(RecvState::Armed) && bid < self.bufs.entries()
-                        {
-                            // SAFETY: the kernel finished writing `bid` (its CQE is reaped) and
-                            // gets it back only via `bufs.push` below or on send completion.
-                            let buf = unsafe { self.bufs.slice(bid, res as usize) };
-                            if let Ok(msg) = types::RecvMsgOut::parse(buf, &self.recv_hdr)
-                                && let Some(from) = sockaddr::decode(msg.name_data())
-                            {
-                                let payload = msg.payload_data();
-                                let action = handler.on_packet(
-                                    token,
-                                    from,
-                                    payload,
-                                    msg.is_payload_truncated(),
-                                );
-                                if let Action::Send { via, to, tag } = action {
-                                    send = Some((via, to, tag, payload.as_ptr(), payload.len()));
-                                }
-                            }
-                        }
-                        match send {
-                            Some((via, to, tag, ptr, len)) => {
-                                let slot = &mut self.sends[usize::from(bid)];
-                                fill_send_slot(slot, &to, tag, ptr, len);
-                                let entry =
-                                    opcode::SendMsg::new(types::Fixed(via), &raw const slot.hdr)
-                                        .flags(libc::MSG_DONTWAIT as u32)
-                                        .build()
-                                        .user_data(KIND_SEND | u64::from(bid));
-                                push_split(&submitter, &mut sq, &entry)?;
-                            }
-                            None => self.bufs.push(bid),
-                        }
-                    }
-                    if !cqueue::more(flags) {
-                        match state {
-                            Some(RecvState::Closing) => {
-                                self.sockets[token as usize] = RecvState::Idle;
-                                handler.on_socket_released(token);
-                            }
-                            Some(RecvState::Armed) => {
-                                if res < 0 && res != -libc::ENOBUFS {
-                                    let err = io::Error::from_raw_os_error(-res);
-                                    warn!(token, error = %err, "socket receive ended; re-arming");
-                                }
-                                self.sockets[token as usize] = RecvState::Rearm;
-                                self.rearm.push(token);
-                            }
-                            _ => {}
-                        }
+                    if let Some(send) = self.st.on_recv(&cqe, handler, fallback_us) {
+                        push_split(&submitter, &mut sq, &self.st.send_entry(send))?;
                     }
                 }
-                KIND_SEND => {
-                    let bid = (user_data & 0xffff) as u16;
-                    if let Some(slot) = self.sends.get(usize::from(bid)) {
-                        let result = if res >= 0 {
-                            Ok(res as usize)
-                        } else {
-                            Err(io::Error::from_raw_os_error(-res))
-                        };
-                        handler.on_sent(slot.tag, result);
-                        self.bufs.push(bid);
-                    }
-                }
+                KIND_SEND => self.st.on_send_done(&cqe, handler),
                 _ => {} // cancellations and nudges carry no work
             }
         }
         cq.sync();
-        for token in self.rearm.drain(..) {
-            if self.sockets[token as usize] == RecvState::Rearm {
-                let entry = opcode::RecvMsgMulti::new(
-                    types::Fixed(token),
-                    &raw const *self.recv_hdr,
-                    BUF_GROUP,
-                )
-                .build()
-                .user_data(KIND_RECV | u64::from(token));
-                push_split(&submitter, &mut sq, &entry)?;
-                self.sockets[token as usize] = RecvState::Armed;
+        for token in std::mem::take(&mut self.st.rearm) {
+            if self.st.sockets[token as usize] == RecvState::Rearm {
+                push_split(&submitter, &mut sq, &self.st.recv_entry(token))?;
+                self.st.sockets[token as usize] = RecvState::Armed;
             }
         }
-        self.bufs.publish();
+        self.st.bufs.publish();
         sq.sync();
         if !sq.is_empty() || sq.taskrun() {
             drop(sq);
@@ -353,7 +296,7 @@ impl MediaIo for UringIo {
     }
 
     fn prepare_sleep(&mut self) -> io::Result<bool> {
-        self.bufs.publish();
+        self.st.bufs.publish();
         self.ring.completion().enable_eventfd();
         // Flushes anything queued and, if the kernel has deferred completion work, runs it.
         self.ring.submit()?;
@@ -376,6 +319,112 @@ impl MediaIo for UringIo {
 
     fn wake_fd(&self) -> RawFd {
         self.efd.as_raw_fd()
+    }
+}
+
+impl Shared {
+    fn recv_entry(&self, token: Token) -> squeue::Entry {
+        opcode::RecvMsgMulti::new(types::Fixed(token), &raw const *self.recv_hdr, BUF_GROUP)
+            .build()
+            .user_data(KIND_RECV | u64::from(token))
+    }
+
+    fn send_entry(&self, send: PendingSend) -> squeue::Entry {
+        let slot = &self.sends[usize::from(send.bid)];
+        opcode::SendMsg::new(types::Fixed(send.via), &raw const slot.hdr)
+            // Media is late if it waits: a full socket buffer drops (and counts) the packet.
+            .flags(libc::MSG_DONTWAIT as u32)
+            .build()
+            .user_data(KIND_SEND | u64::from(send.bid))
+    }
+
+    /// Handles one receive completion: hands the packet to `handler` and returns the send it
+    /// asked for (its buffer then stays out of the ring until the send completes), or gives the
+    /// buffer back. Also notices the end of a multishot receive.
+    fn on_recv(
+        &mut self,
+        cqe: &cqueue::Entry,
+        handler: &mut dyn PacketHandler,
+        fallback_us: u64,
+    ) -> Option<PendingSend> {
+        let token = (cqe.user_data() & 0xffff_ffff) as Token;
+        let (res, flags) = (cqe.result(), cqe.flags());
+        let state = self.sockets.get(token as usize).copied();
+        let mut send = None;
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if res >= 0 && state == Some(RecvState::Armed) && bid < self.bufs.entries() {
+                send = self.deliver(token, bid, res as usize, handler, fallback_us);
+            }
+            if send.is_none() {
+                self.bufs.push(bid);
+            }
+        }
+        if !cqueue::more(flags) {
+            match state {
+                Some(RecvState::Closing) => {
+                    self.sockets[token as usize] = RecvState::Idle;
+                    handler.on_socket_released(token);
+                }
+                Some(RecvState::Armed) => {
+                    if res < 0 && res != -libc::ENOBUFS {
+                        let err = io::Error::from_raw_os_error(-res);
+                        warn!(token, error = %err, "socket receive ended; re-arming");
+                    }
+                    self.sockets[token as usize] = RecvState::Rearm;
+                    self.rearm.push(token);
+                }
+                _ => {}
+            }
+        }
+        send
+    }
+
+    fn deliver(
+        &mut self,
+        token: Token,
+        bid: u16,
+        len: usize,
+        handler: &mut dyn PacketHandler,
+        fallback_us: u64,
+    ) -> Option<PendingSend> {
+        // SAFETY: the kernel finished writing `bid` (its CQE is reaped) and gets it back only
+        // through `bufs.push`, after this packet was dropped or its send completed.
+        let buf = unsafe { self.bufs.slice(bid, len) };
+        let msg = types::RecvMsgOut::parse(buf, &self.recv_hdr).ok()?;
+        let from = sockaddr::decode(msg.name_data())?;
+        let arrival_us = rx_timestamp_us(msg.control_data()).unwrap_or(fallback_us);
+        let payload = msg.payload_data();
+        let packet = Received {
+            token,
+            from,
+            payload,
+            truncated: msg.is_payload_truncated(),
+            arrival_us,
+        };
+        let Action::Send { via, to, tag } = handler.on_packet(packet) else {
+            return None;
+        };
+        let slot = &mut self.sends[usize::from(bid)];
+        fill_send_slot(slot, &to, tag, payload.as_ptr(), payload.len());
+        slot.arrival_us = arrival_us;
+        Some(PendingSend { via, bid })
+    }
+
+    fn on_send_done(&mut self, cqe: &cqueue::Entry, handler: &mut dyn PacketHandler) {
+        let bid = (cqe.user_data() & 0xffff) as u16;
+        let Some(slot) = self.sends.get(usize::from(bid)) else {
+            return;
+        };
+        let res = cqe.result();
+        let result = if res >= 0 {
+            Ok(res as usize)
+        } else {
+            Err(io::Error::from_raw_os_error(-res))
+        };
+        let residence =
+            (slot.arrival_us != 0).then(|| unix_now_us().saturating_sub(slot.arrival_us));
+        handler.on_sent(slot.tag, result, residence);
+        self.bufs.push(bid);
     }
 }
 

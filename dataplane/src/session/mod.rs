@@ -5,7 +5,7 @@ pub mod udp;
 
 use std::net::SocketAddr;
 
-use crate::stats::DirectionStats;
+use crate::stats::{DirectionStats, ResidenceSummary};
 
 /// The transport a session relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,5 +77,8 @@ pub struct SessionSnapshot {
     pub forward: DirectionStats,
     /// Destination -> client.
     pub reverse: DirectionStats,
+    /// Time packets spent in the relay, per direction.
+    pub forward_residence: ResidenceSummary,
+    pub reverse_residence: ResidenceSummary,
     pub shard: u32,
 }

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use super::Leg;
-use crate::stats::{DirectionStats, DropReason, PacketCounters};
+use crate::stats::{DirectionStats, DropReason, PacketCounters, Residence};
 
 /// What to do with a received packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,8 @@ pub struct UdpRelay {
     client_rtcp: Option<SocketAddr>,
     pub forward: DirectionStats,
     pub reverse: DirectionStats,
+    pub forward_residence: Residence,
+    pub reverse_residence: Residence,
 }
 
 impl UdpRelay {
@@ -42,6 +44,8 @@ impl UdpRelay {
             client_rtcp: None,
             forward: DirectionStats::default(),
             reverse: DirectionStats::default(),
+            forward_residence: Residence::default(),
+            reverse_residence: Residence::default(),
         }
     }
 
@@ -129,11 +133,18 @@ impl UdpRelay {
         }
     }
 
-    /// Records the outcome of a send that left from `via` (as returned by `on_receive`).
-    pub fn on_sent(&mut self, via: Leg, len: usize, ok: bool) {
+    /// Records the outcome of a send that left from `via` (as returned by `on_receive`), and the
+    /// packet's residence time in the relay when known.
+    pub fn on_sent(&mut self, via: Leg, len: usize, ok: bool, residence_us: Option<u64>) {
         let counters = self.sender_counters(via);
         if ok {
             counters.sent(len);
+            if let Some(us) = residence_us {
+                match via {
+                    Leg::OutRtp | Leg::OutRtcp => self.forward_residence.record(us),
+                    Leg::ListenRtp | Leg::ListenRtcp => self.reverse_residence.record(us),
+                }
+            }
         } else {
             counters.dropped(DropReason::SendError);
         }
@@ -281,13 +292,19 @@ mod tests {
     #[test]
     fn sends_are_counted_on_the_right_direction() {
         let mut r = UdpRelay::new(addr(DEST));
-        r.on_sent(Leg::OutRtp, 172, true);
-        r.on_sent(Leg::OutRtcp, 80, true);
-        r.on_sent(Leg::ListenRtp, 160, false);
+        r.on_sent(Leg::OutRtp, 172, true, Some(40));
+        r.on_sent(Leg::OutRtcp, 80, true, Some(60));
+        r.on_sent(Leg::ListenRtp, 160, false, Some(1));
         assert_eq!(r.forward.rtp.bytes_sent, 172);
         assert_eq!(r.forward.rtcp.packets_sent, 1);
         assert_eq!(r.reverse.rtp.packets_sent, 0);
         assert_eq!(r.reverse.rtp.dropped.send_error, 1);
+        assert_eq!(r.forward_residence.summary().count, 2);
+        assert_eq!(
+            r.reverse_residence.summary().count,
+            0,
+            "failed sends have no residence"
+        );
     }
 
     proptest! {
@@ -306,7 +323,7 @@ mod tests {
                         let listen = matches!(leg, Leg::ListenRtp | Leg::ListenRtcp);
                         prop_assert_eq!(listen, matches!(via, Leg::OutRtp | Leg::OutRtcp));
                         prop_assert_eq!(leg.is_rtcp(), via.is_rtcp());
-                        r.on_sent(via, len, ok);
+                        r.on_sent(via, len, ok, None);
                     }
                     Verdict::Drop(_) => {}
                 }

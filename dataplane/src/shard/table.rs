@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::command::{CreateError, EndpointField, ListPage, ListQuery, Reply};
 use crate::event::{CloseReason, Event, EventKind, EventSink};
-use crate::io::{Action, MediaIo, PacketHandler, Token};
+use crate::io::{Action, MediaIo, PacketHandler, Received, Token};
 use crate::ports::{PortAllocator, PortRange};
 use crate::session::udp::{UdpRelay, Verdict};
 use crate::session::{Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
@@ -375,6 +375,8 @@ impl SessionTable {
             created_us: e.created_us,
             forward: e.relay.forward,
             reverse: e.relay.reverse,
+            forward_residence: e.relay.forward_residence.summary(),
+            reverse_residence: e.relay.reverse_residence.summary(),
             shard: self.shard,
         }
     }
@@ -389,14 +391,8 @@ impl SessionTable {
 }
 
 impl PacketHandler for SessionTable {
-    fn on_packet(
-        &mut self,
-        token: Token,
-        from: SocketAddr,
-        payload: &[u8],
-        truncated: bool,
-    ) -> Action {
-        let Some(Some(sref)) = self.sockets.get(token as usize) else {
+    fn on_packet(&mut self, p: Received<'_>) -> Action {
+        let Some(Some(sref)) = self.sockets.get(p.token as usize) else {
             return Action::Drop;
         };
         let (slot, leg) = (sref.session, sref.leg);
@@ -408,7 +404,7 @@ impl PacketHandler for SessionTable {
         }
         match entry
             .relay
-            .on_receive(leg, from, payload.len(), truncated, self.now_us)
+            .on_receive(leg, p.from, p.payload.len(), p.truncated, p.arrival_us)
         {
             Verdict::Send { via, to } => Action::Send {
                 via: entry.tokens[via as usize],
@@ -419,7 +415,7 @@ impl PacketHandler for SessionTable {
         }
     }
 
-    fn on_sent(&mut self, tag: u64, result: std::io::Result<usize>) {
+    fn on_sent(&mut self, tag: u64, result: std::io::Result<usize>, residence_us: Option<u64>) {
         let (slot, generation, leg) = untag(tag);
         let Some(leg) = leg else { return };
         let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else {
@@ -429,10 +425,10 @@ impl PacketHandler for SessionTable {
             return;
         }
         match result {
-            Ok(len) => entry.relay.on_sent(leg, len, true),
+            Ok(len) => entry.relay.on_sent(leg, len, true, residence_us),
             Err(e) => {
                 debug!(session = %entry.id, error = %e, "send failed");
-                entry.relay.on_sent(leg, 0, false);
+                entry.relay.on_sent(leg, 0, false, None);
             }
         }
     }
