@@ -53,6 +53,7 @@ pub struct Config {
     pub control: Control,
     pub media: Media,
     pub dataplane: Dataplane,
+    pub sessions: Sessions,
     pub events: Events,
     pub log: Log,
 }
@@ -82,6 +83,30 @@ pub struct Dataplane {
     pub preempt_ms: u64,
     pub budget: usize,
     pub coop_taskrun: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sessions {
+    pub stats_interval_ms: u32,
+    pub idle_timeout_ms: u32,
+    pub alert_loss_pct: f64,
+    pub alert_loss_window_ms: u32,
+    pub alert_jitter_ms: f64,
+    pub alert_no_media_ms: u32,
+}
+
+impl Sessions {
+    pub fn defaults(&self) -> rtprelay_control::validate::SessionDefaults {
+        rtprelay_control::validate::SessionDefaults {
+            stats_interval_ms: self.stats_interval_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            loss_pct: self.alert_loss_pct,
+            loss_window_ms: self.alert_loss_window_ms,
+            jitter_ms: self.alert_jitter_ms,
+            no_media_ms: self.alert_no_media_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +197,9 @@ impl Config {
         if !buffers.is_power_of_two() || buffers > 32768 {
             bail!("dataplane.buffers_per_shard {buffers} must be a power of two up to 32768");
         }
+        // The same checks a request's options get, so a bad default fails at start-up.
+        rtprelay_control::validate::options(None, &self.sessions.defaults())
+            .map_err(|e| anyhow::anyhow!("[sessions]: {e}"))?;
         if self.dataplane.budget == 0 {
             bail!("dataplane.budget must be at least 1");
         }

@@ -104,7 +104,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the control runtime")?;
     let router = Router::new(dataplane.handles().to_vec());
-    let service = rtprelay_control::service(router.clone(), events.clone(), config.media.address);
+    let service = rtprelay_control::service(
+        router.clone(),
+        events.clone(),
+        config.media.address,
+        config.sessions.defaults(),
+    );
 
     let result = runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(config.control.grpc_listen).await {

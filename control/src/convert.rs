@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use rtprelay_dataplane::session::monitor::{AlertKind, Direction};
 use rtprelay_dataplane::stats::{DirectionStats, DropCounters, PacketCounters, ResidenceSummary};
 use rtprelay_dataplane::{CreateError, Event, EventKind, Protocol, SessionSnapshot, SessionState};
 use rtprelay_proto::v1;
@@ -89,6 +90,30 @@ pub fn event(e: &Event) -> v1::SessionEvent {
             from: state(*from) as i32,
             to: state(*to) as i32,
             reason: reason.clone(),
+        }),
+        EventKind::StatsUpdate(s) => Kind::StatsUpdate(v1::StatsUpdate {
+            session: Some(session(s)),
+        }),
+        EventKind::Alert {
+            kind,
+            direction,
+            active,
+            value,
+            threshold,
+        } => Kind::Alert(v1::Alert {
+            kind: match kind {
+                AlertKind::HighLoss => v1::AlertKind::HighLoss,
+                AlertKind::HighJitter => v1::AlertKind::HighJitter,
+                AlertKind::NoMedia => v1::AlertKind::NoMedia,
+            } as i32,
+            direction: match direction {
+                Direction::Forward => v1::Direction::Forward,
+                Direction::Reverse => v1::Direction::Reverse,
+                Direction::Both => v1::Direction::Both,
+            } as i32,
+            active: *active,
+            value: *value,
+            threshold: *threshold,
         }),
         EventKind::Error(message) => Kind::Error(v1::ErrorEvent {
             message: message.clone(),

@@ -30,16 +30,23 @@ pub struct RelayService {
     router: Router,
     events: EventHub,
     media_address: IpAddr,
+    defaults: validate::SessionDefaults,
     stopping: AtomicBool,
     refused: Mutex<BTreeMap<String, u64>>,
 }
 
 impl RelayService {
-    pub fn new(router: Router, events: EventHub, media_address: IpAddr) -> Arc<Self> {
+    pub fn new(
+        router: Router,
+        events: EventHub,
+        media_address: IpAddr,
+        defaults: validate::SessionDefaults,
+    ) -> Arc<Self> {
         Arc::new(Self {
             router,
             events,
             media_address,
+            defaults,
             stopping: AtomicBool::new(false),
             refused: Mutex::new(BTreeMap::new()),
         })
@@ -91,7 +98,7 @@ impl Relay for Service {
         const CALL: &str = "CreateSession";
         let s = &self.0;
         s.check_running(CALL)?;
-        let spec = validate::create_request(request.get_ref(), s.media_address)
+        let spec = validate::create_request(request.get_ref(), s.media_address, &s.defaults)
             .map_err(|e| s.refuse(CALL, Status::invalid_argument(e.0)))?;
         match s.router.create(spec).await {
             Ok(Ok(snapshot)) => Ok(Response::new(v1::CreateSessionResponse {

@@ -4,6 +4,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use std::time::Duration;
+
+use rtprelay_dataplane::session::SessionOptions;
+use rtprelay_dataplane::session::monitor::MonitorConfig;
 use rtprelay_dataplane::{Protocol, SessionSpec};
 use rtprelay_proto::v1;
 
@@ -72,10 +76,117 @@ fn local(field: &str, ep: Option<&v1::Endpoint>, default: IpAddr) -> Result<Sock
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Server-wide defaults for session options a request leaves unset; 0 turns a feature off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionDefaults {
+    pub stats_interval_ms: u32,
+    pub idle_timeout_ms: u32,
+    pub loss_pct: f64,
+    pub loss_window_ms: u32,
+    pub jitter_ms: f64,
+    pub no_media_ms: u32,
+}
+
+impl Default for SessionDefaults {
+    fn default() -> Self {
+        Self {
+            stats_interval_ms: 5000,
+            idle_timeout_ms: 60_000,
+            loss_pct: 5.0,
+            loss_window_ms: 5000,
+            jitter_ms: 50.0,
+            no_media_ms: 0,
+        }
+    }
+}
+
+fn off_if_zero(ms: u32) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
+}
+
+fn threshold(field: &str, value: f64, max: f64) -> Result<Option<f64>, Invalid> {
+    if !value.is_finite() || value < 0.0 || value > max {
+        return Err(Invalid(format!("{field} {value} is out of range 0-{max}")));
+    }
+    Ok((value > 0.0).then_some(value))
+}
+
+/// Resolves the request's options against the server defaults.
+pub fn options(
+    o: Option<&v1::SessionOptions>,
+    d: &SessionDefaults,
+) -> Result<SessionOptions, Invalid> {
+    let default = v1::SessionOptions::default();
+    let o = o.unwrap_or(&default);
+    let a = o.alerts.clone().unwrap_or_default();
+    let stats = o.stats_interval_ms.unwrap_or(d.stats_interval_ms);
+    if stats > 0 && stats < 100 {
+        return Err(Invalid(format!(
+            "options.stats_interval_ms {stats} is below the minimum of 100 (0 turns it off)"
+        )));
+    }
+    let window = a.loss_window_ms.unwrap_or(d.loss_window_ms);
+    if window < 100 {
+        return Err(Invalid(format!(
+            "options.alerts.loss_window_ms {window} is below the minimum of 100"
+        )));
+    }
+    let monitor = MonitorConfig {
+        stats_interval: off_if_zero(stats),
+        idle_timeout: off_if_zero(o.idle_timeout_ms.unwrap_or(d.idle_timeout_ms)),
+        loss_pct: threshold(
+            "options.alerts.loss_pct",
+            a.loss_pct.unwrap_or(d.loss_pct),
+            100.0,
+        )?,
+        loss_window: Duration::from_millis(u64::from(window)),
+        jitter_ms: threshold(
+            "options.alerts.jitter_ms",
+            a.jitter_ms.unwrap_or(d.jitter_ms),
+            60_000.0,
+        )?,
+        no_media: off_if_zero(a.no_media_ms.unwrap_or(d.no_media_ms)),
+    };
+    let mut clock_rates = Vec::with_capacity(o.clock_rates.len());
+    for (&pt, &hz) in &o.clock_rates {
+        let pt = u8::try_from(pt)
+            .ok()
+            .filter(|pt| *pt <= 127)
+            .ok_or_else(|| {
+                Invalid(format!(
+                    "options.clock_rates: payload type {pt} is out of range 0-127"
+                ))
+            })?;
+        if hz == 0 || hz > 1_000_000 {
+            return Err(Invalid(format!(
+                "options.clock_rates: clock rate {hz} Hz for payload type {pt} is out of range 1-1000000"
+            )));
+        }
+        clock_rates.push((pt, hz));
+    }
+    clock_rates.sort_unstable();
+    let drop_non_rtp = match v1::NonRtpPolicy::try_from(o.non_rtp) {
+        Ok(v1::NonRtpPolicy::Relay) => false,
+        Ok(v1::NonRtpPolicy::Drop) => true,
+        Err(_) => {
+            return Err(Invalid(format!(
+                "options.non_rtp {} is not a known policy",
+                o.non_rtp
+            )));
+        }
+    };
+    Ok(SessionOptions {
+        monitor,
+        clock_rates,
+        drop_non_rtp,
+    })
+}
+
 /// Validates the whole request. `media_address` stands in for empty local addresses.
 pub fn create_request(
     req: &v1::CreateSessionRequest,
     media_address: IpAddr,
+    defaults: &SessionDefaults,
 ) -> Result<SessionSpec, Invalid> {
     session_id(&req.session_id)?;
     let protocol = match v1::Protocol::try_from(req.protocol) {
@@ -113,6 +224,7 @@ pub fn create_request(
         listen,
         connect,
         destination: SocketAddr::new(dest_ip, dest.port as u16),
+        options: options(req.options.as_ref(), defaults)?,
     })
 }
 
@@ -137,16 +249,19 @@ mod tests {
             connect: ep("127.0.0.1", 30000),
             destination: ep("127.0.0.1", 40000),
             protocol: v1::Protocol::Udp as i32,
+            options: None,
         }
     }
 
     fn err(r: v1::CreateSessionRequest) -> String {
-        create_request(&r, MEDIA).unwrap_err().0
+        create_request(&r, MEDIA, &SessionDefaults::default())
+            .unwrap_err()
+            .0
     }
 
     #[test]
     fn a_good_request_becomes_a_spec() {
-        let spec = create_request(&req(), MEDIA).unwrap();
+        let spec = create_request(&req(), MEDIA, &SessionDefaults::default()).unwrap();
         assert_eq!(spec.id, "call-1;1");
         assert_eq!(spec.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(spec.connect, "127.0.0.1:30000".parse().unwrap());
@@ -159,7 +274,7 @@ mod tests {
         let mut r = req();
         r.listen = None;
         r.connect = ep("", 0);
-        let spec = create_request(&r, MEDIA).unwrap();
+        let spec = create_request(&r, MEDIA, &SessionDefaults::default()).unwrap();
         assert_eq!(spec.listen, SocketAddr::new(MEDIA, 0));
         assert_eq!(spec.connect, SocketAddr::new(MEDIA, 0));
     }
@@ -172,7 +287,7 @@ mod tests {
         r.session_id = "x".repeat(129);
         assert!(err(r.clone()).contains("129 bytes"));
         r.session_id = "x".repeat(128);
-        assert!(create_request(&r, MEDIA).is_ok());
+        assert!(create_request(&r, MEDIA, &SessionDefaults::default()).is_ok());
         r.session_id = "has space".into();
         assert!(err(r.clone()).contains("0x20"));
         r.session_id = "nul\0".into();
@@ -234,12 +349,107 @@ mod tests {
         r.listen = ep("::1", 0);
         r.connect = ep("::1", 0);
         r.destination = ep("::1", 5000);
-        assert!(create_request(&r, MEDIA).is_ok());
+        assert!(create_request(&r, MEDIA, &SessionDefaults::default()).is_ok());
         r.connect = ep("127.0.0.1", 0);
         r.destination = ep("127.0.0.1", 5000);
         assert!(
-            create_request(&r, MEDIA).is_ok(),
+            create_request(&r, MEDIA, &SessionDefaults::default()).is_ok(),
             "v6 listen with v4 outbound is a valid bridge"
+        );
+    }
+
+    #[test]
+    fn options_take_defaults_and_explicit_zero_turns_off() {
+        let d = SessionDefaults::default();
+        let o = options(None, &d).unwrap();
+        assert_eq!(o.monitor.stats_interval, Some(Duration::from_secs(5)));
+        assert_eq!(o.monitor.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(o.monitor.loss_pct, Some(5.0));
+        assert_eq!(o.monitor.no_media, None);
+        let explicit = v1::SessionOptions {
+            stats_interval_ms: Some(0),
+            idle_timeout_ms: Some(0),
+            alerts: Some(v1::AlertThresholds {
+                loss_pct: Some(3.0),
+                loss_window_ms: Some(1000),
+                jitter_ms: Some(0.0),
+                no_media_ms: Some(2000),
+            }),
+            clock_rates: [(111, 48000), (96, 90000)].into(),
+            non_rtp: v1::NonRtpPolicy::Drop as i32,
+        };
+        let o = options(Some(&explicit), &d).unwrap();
+        assert_eq!(
+            (
+                o.monitor.stats_interval,
+                o.monitor.idle_timeout,
+                o.monitor.jitter_ms
+            ),
+            (None, None, None)
+        );
+        assert_eq!(o.monitor.loss_pct, Some(3.0));
+        assert_eq!(o.monitor.loss_window, Duration::from_secs(1));
+        assert_eq!(o.monitor.no_media, Some(Duration::from_secs(2)));
+        assert_eq!(o.clock_rates, vec![(96, 90000), (111, 48000)]);
+        assert!(o.drop_non_rtp);
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let d = SessionDefaults::default();
+        let bad = |o: v1::SessionOptions| options(Some(&o), &d).unwrap_err().0;
+        assert!(
+            bad(v1::SessionOptions {
+                stats_interval_ms: Some(50),
+                ..Default::default()
+            })
+            .contains("stats_interval_ms 50")
+        );
+        let alerts = |a: v1::AlertThresholds| v1::SessionOptions {
+            alerts: Some(a),
+            ..Default::default()
+        };
+        assert!(
+            bad(alerts(v1::AlertThresholds {
+                loss_pct: Some(120.0),
+                ..Default::default()
+            }))
+            .contains("loss_pct")
+        );
+        assert!(
+            bad(alerts(v1::AlertThresholds {
+                jitter_ms: Some(f64::NAN),
+                ..Default::default()
+            }))
+            .contains("jitter_ms")
+        );
+        assert!(
+            bad(alerts(v1::AlertThresholds {
+                loss_window_ms: Some(10),
+                ..Default::default()
+            }))
+            .contains("loss_window_ms")
+        );
+        assert!(
+            bad(v1::SessionOptions {
+                clock_rates: [(300, 8000)].into(),
+                ..Default::default()
+            })
+            .contains("payload type 300")
+        );
+        assert!(
+            bad(v1::SessionOptions {
+                clock_rates: [(96, 0)].into(),
+                ..Default::default()
+            })
+            .contains("clock rate 0")
+        );
+        assert!(
+            bad(v1::SessionOptions {
+                non_rtp: 7,
+                ..Default::default()
+            })
+            .contains("non_rtp 7")
         );
     }
 
@@ -251,9 +461,9 @@ mod tests {
         ) {
             let r = v1::CreateSessionRequest {
                 session_id: id, listen: ep(&la, lp), connect: ep(&ca, cp),
-                destination: ep(&da, dp), protocol: proto,
+                destination: ep(&da, dp), protocol: proto, options: None,
             };
-            if let Ok(spec) = create_request(&r, MEDIA) {
+            if let Ok(spec) = create_request(&r, MEDIA, &SessionDefaults::default()) {
                 prop_assert!(spec.listen.port() % 2 == 0 && spec.connect.port() % 2 == 0);
                 prop_assert!(spec.destination.port() >= 1 && spec.destination.port() <= 65534);
             }

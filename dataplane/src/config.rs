@@ -20,6 +20,8 @@ pub struct DataplaneConfig {
     pub preempt: Duration,
     /// Completions handled per pass before the media task checks whether to yield.
     pub budget: usize,
+    /// How often each shard supervises its sessions (statistics, alerts, idle timeouts).
+    pub tick: Duration,
 }
 
 impl DataplaneConfig {
@@ -31,6 +33,7 @@ impl DataplaneConfig {
             uring: UringConfig::default(),
             preempt: Duration::from_millis(2),
             budget: 64,
+            tick: Duration::from_millis(100),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! hands each event to an [`EventSink`] chosen by whoever started it. A sink must return at once
 //! and never block: it is called on a shard thread.
 
+use crate::session::monitor::{AlertKind, Direction};
 use crate::session::{SessionSnapshot, SessionState};
 
 /// Why a session closed.
@@ -13,6 +14,8 @@ pub enum CloseReason {
     Destroyed,
     /// The relay is shutting down.
     Shutdown,
+    /// No media in either direction for the session's idle timeout.
+    Timeout,
 }
 
 impl CloseReason {
@@ -20,6 +23,7 @@ impl CloseReason {
         match self {
             CloseReason::Destroyed => "destroyed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Timeout => "timeout",
         }
     }
 }
@@ -31,6 +35,16 @@ pub enum EventKind {
         from: SessionState,
         to: SessionState,
         reason: String,
+    },
+    /// Periodic statistics.
+    StatsUpdate(Box<SessionSnapshot>),
+    /// A quality threshold was crossed (`active`) or the condition cleared.
+    Alert {
+        kind: AlertKind,
+        direction: Direction,
+        active: bool,
+        value: f64,
+        threshold: f64,
     },
     Error(String),
     Closed {

@@ -36,6 +36,7 @@ fn idle_shards_sleep_and_commands_take_well_under_a_millisecond() {
             listen: "127.0.0.1:0".parse().unwrap(),
             connect: "127.0.0.1:0".parse().unwrap(),
             destination: "127.0.0.1:9".parse().unwrap(),
+            options: Default::default(),
         };
         h.send(Command::Create { spec, reply }).unwrap();
         rx.blocking_recv().unwrap().expect("create");

@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
                 connect: Some(endpoint(&connect)?),
                 destination: Some(endpoint(&destination)?),
                 protocol: v1::Protocol::Udp as i32,
+                options: None,
             };
             println!("{:#?}", client.create_session(req).await?.into_inner());
         }

@@ -205,6 +205,7 @@ pub fn create_req(
         connect: ep("127.0.0.1", connect_port),
         destination: ep(&dest.ip().to_string(), dest.port()),
         protocol: v1::Protocol::Udp as i32,
+        options: None,
     }
 }
 

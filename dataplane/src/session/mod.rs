@@ -1,6 +1,7 @@
 //! What a session is, independent of sockets and rings: its endpoints, state, and the pure
 //! forwarding decision for each received packet (see [`udp::UdpRelay`]).
 
+pub mod monitor;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -51,13 +52,24 @@ impl Leg {
 
 /// The caller's requested endpoints, before any port is allocated. Port 0 on `listen` or
 /// `connect` asks for a free even port from the media range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionSpec {
     pub id: String,
     pub protocol: Protocol,
     pub listen: SocketAddr,
     pub connect: SocketAddr,
     pub destination: SocketAddr,
+    pub options: SessionOptions,
+}
+
+/// Per-session behaviour, with server defaults already applied by the control plane.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionOptions {
+    pub monitor: monitor::MonitorConfig,
+    /// Clock rates (Hz) of dynamic payload types.
+    pub clock_rates: Vec<(u8, u32)>,
+    /// Drop packets that are not valid RTP/RTCP instead of relaying them.
+    pub drop_non_rtp: bool,
 }
 
 /// A point-in-time copy of a session, safe to send to another thread.

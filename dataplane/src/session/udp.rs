@@ -150,6 +150,23 @@ impl UdpRelay {
         }
     }
 
+    /// What the session's supervisor needs: packets expected and received and current jitter,
+    /// per direction. Until RTP sequence tracking is in place every received packet counts as
+    /// expected.
+    pub fn observe(&self) -> super::monitor::Observed {
+        super::monitor::Observed {
+            expected: [
+                self.forward.rtp.packets_received,
+                self.reverse.rtp.packets_received,
+            ],
+            received: [
+                self.forward.rtp.packets_received,
+                self.reverse.rtp.packets_received,
+            ],
+            ..Default::default()
+        }
+    }
+
     fn sender_counters(&mut self, via: Leg) -> &mut PacketCounters {
         match via {
             Leg::OutRtp => &mut self.forward.rtp,

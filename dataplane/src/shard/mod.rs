@@ -203,6 +203,7 @@ fn run(
         info!(shard = index, core = core.map(|c| c.id), "shard started");
 
         let media = glommio::spawn_local(media_loop(shard.clone(), ring_wake, config.budget));
+        glommio::spawn_local(supervise(shard.clone(), config.tick)).detach();
         let stop_reply = control_loop(&shard, &rx, &cmd_wake).await;
         media.await;
         let _ = ring_wake_close(cmd_wake).await;
@@ -279,12 +280,24 @@ fn handle(shard: &Rc<RefCell<Shard>>, cmd: Command) {
     }
 }
 
+/// The shard's clock: statistics, alerts and idle timeouts, every `tick`.
+async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
+    loop {
+        glommio::timer::sleep(tick).await;
+        let mut s = shard.borrow_mut();
+        let Shard { io, table } = &mut *s;
+        if table.stopping {
+            return;
+        }
+        table.tick(io, unix_now_us());
+    }
+}
+
 async fn media_loop(shard: Rc<RefCell<Shard>>, wake: BufferedFile, budget: usize) {
     loop {
         let (handled, done) = {
             let mut s = shard.borrow_mut();
             let Shard { io, table } = &mut *s;
-            table.now_us = unix_now_us();
             let handled = io.process(table, budget).unwrap_or_else(|e| {
                 error!(error = %e, "media I/O pass failed");
                 0

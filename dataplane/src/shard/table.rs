@@ -18,6 +18,7 @@ use crate::command::{CreateError, EndpointField, ListPage, ListQuery, Reply};
 use crate::event::{CloseReason, Event, EventKind, EventSink};
 use crate::io::{Action, MediaIo, PacketHandler, Received, Token};
 use crate::ports::{PortAllocator, PortRange};
+use crate::session::monitor::{Due, Monitor, Observed};
 use crate::session::udp::{UdpRelay, Verdict};
 use crate::session::{Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
 use crate::socket::{BindError, UdpPair, bind_pair};
@@ -50,6 +51,7 @@ struct Entry {
     /// Owned descriptors, closed when the session starts closing.
     sockets: [Option<Socket>; 4],
     closing: Option<Closing>,
+    monitor: Monitor,
 }
 
 /// The sessions of one shard.
@@ -63,8 +65,8 @@ pub(crate) struct SessionTable {
     free_tokens: Vec<Token>,
     ports: PortAllocator,
     events: Arc<dyn EventSink>,
-    /// Microseconds since the Unix epoch, refreshed once per I/O pass.
-    pub now_us: u64,
+    /// Scratch space for the supervision tick, kept to avoid reallocating every tick.
+    due: Vec<Due>,
     /// Set by shutdown: no new session is accepted.
     pub stopping: bool,
     live: usize,
@@ -103,7 +105,7 @@ impl SessionTable {
             free_tokens: (0..max_sockets).rev().collect(),
             ports: PortAllocator::new(range, shard, shards),
             events,
-            now_us: unix_now_us(),
+            due: Vec::new(),
             stopping: false,
             live: 0,
         }
@@ -157,13 +159,15 @@ impl SessionTable {
             rtcp: oc,
             addr: connect_addr,
         } = out;
+        let created_us = unix_now_us();
         let entry = Entry {
+            monitor: Monitor::new(spec.options.monitor.clone(), created_us),
             id: spec.id.clone(),
             generation: self.next_generation,
             listen: listen_addr,
             connect: connect_addr,
             destination: spec.destination,
-            created_us: unix_now_us(),
+            created_us,
             relay: UdpRelay::new(spec.destination),
             tokens,
             sockets: [Some(lr), Some(lc), Some(or), Some(oc)],
@@ -271,6 +275,71 @@ impl SessionTable {
             .map(|(_, slot)| self.snapshot(*slot, SessionState::Forwarding))
             .collect();
         ListPage { sessions, total }
+    }
+
+    /// Supervises every open session at `now_us`: periodic statistics, alerts, idle timeouts.
+    pub fn tick(&mut self, io: &mut dyn MediaIo, now_us: u64) {
+        let mut due = std::mem::take(&mut self.due);
+        for slot in 0..self.sessions.len() as u32 {
+            let Some(entry) = self.sessions[slot as usize].as_mut() else {
+                continue;
+            };
+            if entry.closing.is_some() {
+                continue;
+            }
+            let observed = Observed {
+                now_us,
+                last_activity_us: entry
+                    .relay
+                    .forward
+                    .last_activity_us
+                    .max(entry.relay.reverse.last_activity_us)
+                    .max(entry.created_us),
+                ..entry.relay.observe()
+            };
+            due.clear();
+            entry.monitor.tick(&observed, &mut due);
+            for d in due.drain(..) {
+                self.act(io, slot, d);
+            }
+        }
+        self.due = due;
+    }
+
+    fn act(&mut self, io: &mut dyn MediaIo, slot: u32, due: Due) {
+        let Some(entry) = self.sessions[slot as usize].as_ref() else {
+            return;
+        };
+        let id = entry.id.clone();
+        match due {
+            Due::Stats => {
+                let snapshot = self.snapshot(slot, SessionState::Forwarding);
+                self.emit(&id, EventKind::StatsUpdate(Box::new(snapshot)));
+            }
+            Due::IdleTimeout => {
+                info!(session = %id, "no media for the idle timeout; closing");
+                self.begin_close(io, slot, CloseReason::Timeout, None, 4, false);
+            }
+            Due::Alert {
+                kind,
+                direction,
+                active,
+                value,
+                threshold,
+            } => {
+                warn!(session = %id, ?kind, ?direction, active, value, threshold, "media alert");
+                self.emit(
+                    &id,
+                    EventKind::Alert {
+                        kind,
+                        direction,
+                        active,
+                        value,
+                        threshold,
+                    },
+                );
+            }
+        }
     }
 
     fn open_slot(&self, id: &str) -> Option<u32> {

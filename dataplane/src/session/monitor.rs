@@ -1,0 +1,338 @@
+//! Per-session supervision on the shard's timer (sans-IO): when to publish statistics, when the
+//! session has been idle too long, and when quality alerts are raised or cleared.
+//!
+//! Alerts are edge-triggered: one event when a threshold is crossed and one when the condition
+//! clears, never one per tick, so a flapping call cannot flood controllers.
+
+use std::time::Duration;
+
+/// Which way media flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client -> destination.
+    Forward,
+    /// Destination -> client.
+    Reverse,
+    /// Both (used for "no media").
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertKind {
+    HighLoss,
+    HighJitter,
+    NoMedia,
+}
+
+/// Resolved supervision settings of one session (server defaults already applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorConfig {
+    pub stats_interval: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    /// Loss alert threshold in percent, evaluated over `loss_window`.
+    pub loss_pct: Option<f64>,
+    pub loss_window: Duration,
+    pub jitter_ms: Option<f64>,
+    pub no_media: Option<Duration>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            stats_interval: None,
+            idle_timeout: None,
+            loss_pct: None,
+            loss_window: Duration::from_secs(5),
+            jitter_ms: None,
+            no_media: None,
+        }
+    }
+}
+
+/// What the session looks like at a tick.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observed {
+    pub now_us: u64,
+    /// Last packet in either direction, or the creation time if none yet.
+    pub last_activity_us: u64,
+    /// Cumulative RTP packets expected and received (RFC 3550), forward then reverse.
+    pub expected: [u64; 2],
+    pub received: [u64; 2],
+    /// Highest current jitter across the direction's streams, if known.
+    pub jitter_ms: [Option<f64>; 2],
+}
+
+/// Something the shard must act on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Due {
+    /// Publish a StatsUpdate.
+    Stats,
+    /// Close the session: idle for longer than its timeout.
+    IdleTimeout,
+    Alert {
+        kind: AlertKind,
+        direction: Direction,
+        active: bool,
+        value: f64,
+        threshold: f64,
+    },
+}
+
+/// Supervision state of one session.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    cfg: MonitorConfig,
+    next_stats_us: u64,
+    window_start_us: u64,
+    window_base: [(u64, u64); 2],
+    loss_active: [bool; 2],
+    jitter_active: [bool; 2],
+    no_media_active: bool,
+}
+
+const DIRS: [Direction; 2] = [Direction::Forward, Direction::Reverse];
+
+fn us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+impl Monitor {
+    pub fn new(cfg: MonitorConfig, now_us: u64) -> Self {
+        let next_stats_us = cfg
+            .stats_interval
+            .map_or(u64::MAX, |i| now_us.saturating_add(us(i)));
+        Self {
+            cfg,
+            next_stats_us,
+            window_start_us: now_us,
+            window_base: [(0, 0); 2],
+            loss_active: [false; 2],
+            jitter_active: [false; 2],
+            no_media_active: false,
+        }
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.cfg
+    }
+
+    /// Evaluates the session at `o.now_us` and appends what is due to `out`.
+    pub fn tick(&mut self, o: &Observed, out: &mut Vec<Due>) {
+        let idle_us = o.now_us.saturating_sub(o.last_activity_us);
+        if let Some(timeout) = self.cfg.idle_timeout
+            && idle_us >= us(timeout)
+        {
+            out.push(Due::IdleTimeout);
+            return;
+        }
+        if o.now_us >= self.next_stats_us {
+            out.push(Due::Stats);
+            let interval = self.cfg.stats_interval.map_or(u64::MAX, us);
+            self.next_stats_us = self
+                .next_stats_us
+                .saturating_add(interval)
+                .max(o.now_us + 1);
+        }
+        if let Some(limit) = self.cfg.no_media {
+            let idle = idle_us >= us(limit);
+            if idle != self.no_media_active {
+                self.no_media_active = idle;
+                out.push(Due::Alert {
+                    kind: AlertKind::NoMedia,
+                    direction: Direction::Both,
+                    active: idle,
+                    value: idle_us as f64 / 1000.0,
+                    threshold: us(limit) as f64 / 1000.0,
+                });
+            }
+        }
+        if let Some(threshold) = self.cfg.jitter_ms {
+            for (i, dir) in DIRS.into_iter().enumerate() {
+                let Some(jitter) = o.jitter_ms[i] else {
+                    continue;
+                };
+                let high = jitter > threshold;
+                if high != self.jitter_active[i] {
+                    self.jitter_active[i] = high;
+                    out.push(Due::Alert {
+                        kind: AlertKind::HighJitter,
+                        direction: dir,
+                        active: high,
+                        value: jitter,
+                        threshold,
+                    });
+                }
+            }
+        }
+        if o.now_us
+            >= self
+                .window_start_us
+                .saturating_add(us(self.cfg.loss_window))
+        {
+            self.close_loss_window(o, out);
+        }
+    }
+
+    fn close_loss_window(&mut self, o: &Observed, out: &mut Vec<Due>) {
+        for (i, dir) in DIRS.into_iter().enumerate() {
+            let (base_expected, base_received) = self.window_base[i];
+            let expected = o.expected[i].saturating_sub(base_expected);
+            let received = o.received[i].saturating_sub(base_received);
+            self.window_base[i] = (o.expected[i], o.received[i]);
+            let Some(threshold) = self.cfg.loss_pct else {
+                continue;
+            };
+            if expected == 0 {
+                continue; // no media in this window: no verdict on loss
+            }
+            let loss = expected.saturating_sub(received) as f64 * 100.0 / expected as f64;
+            let high = loss > threshold;
+            if high != self.loss_active[i] {
+                self.loss_active[i] = high;
+                out.push(Due::Alert {
+                    kind: AlertKind::HighLoss,
+                    direction: dir,
+                    active: high,
+                    value: loss,
+                    threshold,
+                });
+            }
+        }
+        self.window_start_us = o.now_us;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+
+    fn cfg() -> MonitorConfig {
+        MonitorConfig {
+            stats_interval: Some(Duration::from_secs(2)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            loss_pct: Some(3.0),
+            loss_window: Duration::from_secs(1),
+            jitter_ms: Some(30.0),
+            no_media: Some(Duration::from_secs(5)),
+        }
+    }
+
+    fn at(now: u64, last: u64) -> Observed {
+        Observed {
+            now_us: now,
+            last_activity_us: last,
+            ..Observed::default()
+        }
+    }
+
+    fn tick(m: &mut Monitor, o: Observed) -> Vec<Due> {
+        let mut out = Vec::new();
+        m.tick(&o, &mut out);
+        out
+    }
+
+    #[test]
+    fn stats_are_due_every_interval() {
+        let mut m = Monitor::new(cfg(), 0);
+        assert!(!tick(&mut m, at(S, S)).contains(&Due::Stats));
+        assert!(tick(&mut m, at(2 * S, 2 * S)).contains(&Due::Stats));
+        assert!(!tick(&mut m, at(3 * S, 3 * S)).contains(&Due::Stats));
+        assert!(tick(&mut m, at(4 * S + 1, 4 * S)).contains(&Due::Stats));
+        let mut off = Monitor::new(MonitorConfig::default(), 0);
+        assert!(tick(&mut off, at(1000 * S, 1000 * S)).is_empty());
+    }
+
+    #[test]
+    fn idle_timeout_wins_over_everything() {
+        let mut m = Monitor::new(cfg(), 0);
+        assert_eq!(tick(&mut m, at(61 * S, S)), vec![Due::IdleTimeout]);
+    }
+
+    #[test]
+    fn loss_alert_fires_once_and_clears() {
+        let mut m = Monitor::new(cfg(), 0);
+        let mut o = at(S, S);
+        // 5% loss in the first window.
+        o.expected = [100, 0];
+        o.received = [95, 0];
+        let alerts: Vec<_> = tick(&mut m, o)
+            .into_iter()
+            .filter(|d| matches!(d, Due::Alert { .. }))
+            .collect();
+        assert_eq!(alerts.len(), 1);
+        assert!(
+            matches!(alerts[0], Due::Alert { kind: AlertKind::HighLoss, direction: Direction::Forward, active: true, value, .. } if (value - 5.0).abs() < 1e-9)
+        );
+        // Still lossy: no repeat.
+        o.now_us = 2 * S;
+        o.expected = [200, 0];
+        o.received = [190, 0];
+        assert!(
+            tick(&mut m, o)
+                .iter()
+                .all(|d| !matches!(d, Due::Alert { .. }))
+        );
+        // Clean window: cleared once.
+        o.now_us = 3 * S;
+        o.expected = [300, 0];
+        o.received = [290, 0];
+        let cleared = tick(&mut m, o);
+        assert!(cleared.iter().any(|d| matches!(
+            d,
+            Due::Alert {
+                kind: AlertKind::HighLoss,
+                active: false,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn jitter_and_no_media_alerts_are_edge_triggered() {
+        let mut m = Monitor::new(cfg(), 0);
+        let mut o = at(S / 2, S / 2);
+        o.jitter_ms = [Some(10.0), Some(45.0)];
+        let d = tick(&mut m, o);
+        assert!(d.iter().any(|d| matches!(
+            d,
+            Due::Alert {
+                kind: AlertKind::HighJitter,
+                direction: Direction::Reverse,
+                active: true,
+                ..
+            }
+        )));
+        assert!(tick(&mut m, o).is_empty(), "no repeat while still high");
+        o.jitter_ms = [None, Some(20.0)];
+        assert!(tick(&mut m, o).iter().any(|d| matches!(
+            d,
+            Due::Alert {
+                kind: AlertKind::HighJitter,
+                active: false,
+                ..
+            }
+        )));
+
+        let silent = at(S / 2 + 6 * S, S / 2);
+        let d = tick(&mut m, silent);
+        assert!(d.iter().any(|d| matches!(
+            d,
+            Due::Alert {
+                kind: AlertKind::NoMedia,
+                active: true,
+                ..
+            }
+        )));
+        let back = at(S / 2 + 7 * S, S / 2 + 7 * S);
+        assert!(tick(&mut m, back).iter().any(|d| matches!(
+            d,
+            Due::Alert {
+                kind: AlertKind::NoMedia,
+                active: false,
+                ..
+            }
+        )));
+    }
+}
