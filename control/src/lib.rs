@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod events;
 pub mod router;
+pub mod rtpproxy;
 pub mod service;
 pub mod validate;
 
@@ -35,6 +36,11 @@ pub async fn serve(
 }
 
 /// Builds the service around running shards.
-pub fn service(router: Router, events: EventHub, media_address: IpAddr) -> Arc<RelayService> {
-    RelayService::new(router, events, media_address)
+pub fn service(
+    router: Router,
+    events: EventHub,
+    media_address: IpAddr,
+    defaults: validate::SessionDefaults,
+) -> Arc<RelayService> {
+    RelayService::new(router, events, media_address, defaults)
 }

@@ -118,7 +118,7 @@ pub fn options(
 ) -> Result<SessionOptions, Invalid> {
     let default = v1::SessionOptions::default();
     let o = o.unwrap_or(&default);
-    let a = o.alerts.clone().unwrap_or_default();
+    let a = o.alerts.unwrap_or_default();
     let stats = o.stats_interval_ms.unwrap_or(d.stats_interval_ms);
     if stats > 0 && stats < 100 {
         return Err(Invalid(format!(
