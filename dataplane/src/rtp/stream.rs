@@ -1,0 +1,164 @@
+//! Per-SSRC state of one direction, in a small inline table.
+//!
+//! A call rarely carries more than an audio and a video source per direction (plus, briefly,
+//! the old and new SSRC of a re-INVITE), so a fixed array searched linearly beats any map: no
+//! allocation, no hashing, and the whole table sits in a few cache lines. When a further
+//! source appears, the least recently seen one is evicted.
+
+use super::jitter::Jitter;
+use super::seq::{self, SeqState};
+use super::snapshot::{RemoteReport, SourceSnapshot};
+
+/// Sources tracked per direction.
+pub const MAX_SOURCES: usize = 4;
+
+/// The fields of a received report block, kept raw until a snapshot needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RemoteRaw {
+    pub reporter_ssrc: u32,
+    pub fraction_lost: u8,
+    pub cumulative_lost: i32,
+    pub extended_highest_seq: u32,
+    pub jitter: u32,
+    pub received_us: u64,
+}
+
+/// One SSRC seen in one direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SourceState {
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub clock_rate: Option<u32>,
+    pub seq: SeqState,
+    pub jitter: Jitter,
+    pub first_seen_us: u64,
+    pub last_seen_us: u64,
+    pub remote: Option<RemoteRaw>,
+}
+
+impl SourceState {
+    fn new(ssrc: u32, seq: u16, now_us: u64) -> Self {
+        Self {
+            ssrc,
+            payload_type: 0,
+            clock_rate: None,
+            seq: SeqState::new(seq),
+            jitter: Jitter::default(),
+            first_seen_us: now_us,
+            last_seen_us: now_us,
+            remote: None,
+        }
+    }
+
+    /// Accounts one RTP packet of this source.
+    #[inline]
+    pub fn on_rtp(&mut self, pt: u8, seq: u16, ts: u32, clock: Option<u32>, now_us: u64) {
+        self.payload_type = pt;
+        self.clock_rate = clock;
+        self.last_seen_us = now_us;
+        let verdict = self.seq.update(seq);
+        if verdict == seq::SeqVerdict::Restarted {
+            self.jitter.reset_baseline();
+        }
+        if verdict.has_timing() {
+            self.jitter.update(now_us, ts, clock);
+        }
+    }
+
+    pub fn snapshot(&self) -> SourceSnapshot {
+        let s = &self.seq;
+        let lost = s.lost();
+        let (interval_expected, interval_lost) = s.interval();
+        SourceSnapshot {
+            ssrc: self.ssrc,
+            payload_type: self.payload_type,
+            clock_rate: self.clock_rate,
+            packets_received: s.received(),
+            expected: s.expected(),
+            lost,
+            loss_rate: seq::loss_rate(s.expected(), lost),
+            interval_expected,
+            interval_lost,
+            interval_loss_rate: seq::loss_rate(interval_expected, interval_lost),
+            duplicates: s.duplicates(),
+            reordered: s.reordered(),
+            restarts: s.restarts(),
+            jitter_ms: self.jitter.ms(),
+            first_seen_us: self.first_seen_us,
+            last_seen_us: self.last_seen_us,
+            remote: self.remote.map(|r| RemoteReport {
+                reporter_ssrc: r.reporter_ssrc,
+                fraction_lost: f64::from(r.fraction_lost) / 256.0,
+                cumulative_lost: r.cumulative_lost,
+                extended_highest_seq: r.extended_highest_seq,
+                jitter_units: r.jitter,
+                jitter_ms: self
+                    .clock_rate
+                    .filter(|&hz| hz > 0)
+                    .map(|hz| f64::from(r.jitter) * 1e3 / f64::from(hz)),
+                received_us: r.received_us,
+            }),
+        }
+    }
+}
+
+/// The sources of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct SourceTable {
+    slots: [Option<SourceState>; MAX_SOURCES],
+    evicted: u64,
+}
+
+impl SourceTable {
+    /// The state of `ssrc`, if tracked.
+    #[inline]
+    pub fn get_mut(&mut self, ssrc: u32) -> Option<&mut SourceState> {
+        self.slots.iter_mut().flatten().find(|s| s.ssrc == ssrc)
+    }
+
+    /// The state of `ssrc`, created (first packet `seq` at `now_us`) if new, evicting the
+    /// least recently seen source when the table is full.
+    #[inline]
+    pub fn get_or_insert(&mut self, ssrc: u32, seq: u16, now_us: u64) -> &mut SourceState {
+        let found = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.ssrc == ssrc));
+        let index = match found {
+            Some(i) => i,
+            None => {
+                // Empty slots (key `None`) sort before any source.
+                let victim = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.as_ref().map(|s| s.last_seen_us))
+                    .map_or(0, |(i, _)| i);
+                if self.slots[victim].take().is_some() {
+                    self.evicted += 1;
+                }
+                victim
+            }
+        };
+        self.slots[index].get_or_insert_with(|| SourceState::new(ssrc, seq, now_us))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SourceState> {
+        self.slots.iter().flatten()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut SourceState> {
+        self.slots.iter_mut().flatten()
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Snapshots of all tracked sources, oldest first.
+    pub fn snapshot(&self) -> Vec<SourceSnapshot> {
+        let mut v: Vec<SourceSnapshot> = self.iter().map(SourceState::snapshot).collect();
+        v.sort_by_key(|s| (s.first_seen_us, s.ssrc));
+        v
+    }
+}
