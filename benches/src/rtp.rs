@@ -68,7 +68,10 @@ pub struct SeqTracker {
 
 impl Default for SeqTracker {
     fn default() -> Self {
-        Self { highest: None, seen: [0; (WINDOW / 64) as usize] }
+        Self {
+            highest: None,
+            seen: [0; (WINDOW / 64) as usize],
+        }
     }
 }
 
@@ -136,7 +139,14 @@ mod tests {
         let mut buf = [0u8; 172];
         write_packet(&mut buf, 65535, 160, 0xdead_beef, 123_456_789, 42);
         let p = parse_packet(&buf).expect("valid packet");
-        assert_eq!(p, Parsed { seq: 65535, sent_ns: 123_456_789, flow: 42 });
+        assert_eq!(
+            p,
+            Parsed {
+                seq: 65535,
+                sent_ns: 123_456_789,
+                flow: 42
+            }
+        );
         assert!(parse_packet(&buf[..20]).is_none());
     }
 

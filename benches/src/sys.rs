@@ -24,7 +24,8 @@ pub fn udp_socket(bind: SocketAddr) -> Result<Socket> {
         .context("socket(UDP)")?;
     set_buffers(&sock, SOCKET_BUFFER);
     sock.set_nonblocking(true).context("O_NONBLOCK")?;
-    sock.bind(&bind.into()).with_context(|| format!("bind {bind}"))?;
+    sock.bind(&bind.into())
+        .with_context(|| format!("bind {bind}"))?;
     Ok(sock)
 }
 
@@ -53,7 +54,11 @@ fn setsockopt_int(fd: RawFd, opt: libc::c_int, value: usize) -> io::Result<()> {
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A level-triggered epoll instance whose events carry a caller-chosen `u64` token.
@@ -69,15 +74,24 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Watches `fd` for readability.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
         let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// Waits up to `timeout_ms`; an interrupting signal counts as a timeout so callers can
@@ -91,7 +105,11 @@ impl Epoll {
             return Ok(n as usize);
         }
         let err = io::Error::last_os_error();
-        if err.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(err) }
+        if err.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(err)
+        }
     }
 }
 
@@ -138,7 +156,12 @@ impl MmsgBatch {
                 hdr
             })
             .collect();
-        Self { bufs, iovs, hdrs, buf_size }
+        Self {
+            bufs,
+            iovs,
+            hdrs,
+            buf_size,
+        }
     }
 
     /// Receives up to `BATCH` datagrams without blocking. `Ok(0)` means nothing was queued.
@@ -204,7 +227,11 @@ impl MmsgBatch {
                 libc::MSG_DONTWAIT,
             )
         };
-        if n >= 0 { Ok(n as usize) } else { Err(io::Error::last_os_error()) }
+        if n >= 0 {
+            Ok(n as usize)
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 
@@ -241,7 +268,10 @@ pub fn stop_requested() -> bool {
 /// CLOCK_MONOTONIC in nanoseconds; the same clock in every process on the host, so a sender and
 /// a sink in one process (or two) can compute one-way latency.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid out-parameter; CLOCK_MONOTONIC cannot fail.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64

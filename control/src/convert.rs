@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use rtprelay_dataplane::rtp::{self, DirectionSnapshot, RttSnapshot, SourceSnapshot};
 use rtprelay_dataplane::session::monitor::{AlertKind, Direction};
 use rtprelay_dataplane::stats::{DirectionStats, DropCounters, PacketCounters, ResidenceSummary};
 use rtprelay_dataplane::{CreateError, Event, EventKind, Protocol, SessionSnapshot, SessionState};
@@ -30,6 +31,7 @@ fn counters(c: &PacketCounters) -> v1::PacketCounters {
         no_client,
         send_error,
         truncated,
+        not_rtp,
     } = c.dropped;
     v1::PacketCounters {
         packets_received: c.packets_received,
@@ -41,12 +43,74 @@ fn counters(c: &PacketCounters) -> v1::PacketCounters {
             no_client,
             send_error,
             truncated,
+            not_rtp,
         }),
     }
 }
 
-fn direction(d: &DirectionStats, r: &ResidenceSummary) -> v1::DirectionStats {
+fn stream(s: &SourceSnapshot) -> v1::RtpStream {
+    v1::RtpStream {
+        ssrc: s.ssrc,
+        payload_type: u32::from(s.payload_type),
+        clock_rate: s.clock_rate.unwrap_or(0),
+        packets_received: s.packets_received,
+        expected: s.expected,
+        lost: s.lost,
+        loss_rate: s.loss_rate,
+        interval_loss_rate: s.interval_loss_rate,
+        duplicates: s.duplicates,
+        reordered: s.reordered,
+        restarts: s.restarts,
+        jitter_ms: s.jitter_ms,
+        first_seen_unix_us: s.first_seen_us,
+        last_seen_unix_us: s.last_seen_us,
+        remote: s.remote.as_ref().map(|r| v1::RemoteReport {
+            reporter_ssrc: r.reporter_ssrc,
+            fraction_lost: r.fraction_lost,
+            cumulative_lost: r.cumulative_lost,
+            jitter_ms: r.jitter_ms,
+            received_unix_us: r.received_us,
+        }),
+    }
+}
+
+fn rtt(r: &RttSnapshot) -> v1::RoundTrip {
+    v1::RoundTrip {
+        last_ms: r.last_ms,
+        avg_ms: r.avg_ms,
+        min_ms: r.min_ms,
+        max_ms: r.max_ms,
+        samples: r.samples,
+    }
+}
+
+fn direction(
+    d: &DirectionStats,
+    r: &ResidenceSummary,
+    m: &DirectionSnapshot,
+) -> v1::DirectionStats {
+    let expected: u64 = m.sources.iter().map(|s| s.expected).sum();
+    let lost: i64 = m.sources.iter().map(|s| s.lost).sum();
+    let c = &m.rtcp;
     v1::DirectionStats {
+        streams: m.sources.iter().map(stream).collect(),
+        non_rtp_packets: m.non_rtp,
+        rtcp_packets: Some(v1::RtcpCounters {
+            compounds: c.compounds,
+            sr: c.sr,
+            rr: c.rr,
+            sdes: c.sdes,
+            bye: c.bye,
+            app: c.app,
+            other: c.other,
+            malformed: c.malformed,
+        }),
+        loss_rate: rtp::seq::loss_rate(expected, lost),
+        jitter_ms: m
+            .sources
+            .iter()
+            .filter_map(|s| s.jitter_ms)
+            .fold(0.0, f64::max),
         rtp: Some(counters(&d.rtp)),
         rtcp: Some(counters(&d.rtcp)),
         last_activity_unix_us: d.last_activity_us,
@@ -74,9 +138,19 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
         client: s.client.map(endpoint),
         client_rtcp: s.client_rtcp.map(endpoint),
         created_unix_us: s.created_us,
-        forward: Some(direction(&s.forward, &s.forward_residence)),
-        reverse: Some(direction(&s.reverse, &s.reverse_residence)),
+        forward: Some(direction(
+            &s.forward,
+            &s.forward_residence,
+            &s.media.forward,
+        )),
+        reverse: Some(direction(
+            &s.reverse,
+            &s.reverse_residence,
+            &s.media.reverse,
+        )),
         shard: s.shard,
+        client_rtt: Some(rtt(&s.media.client_rtt)),
+        destination_rtt: Some(rtt(&s.media.destination_rtt)),
     }
 }
 

@@ -15,6 +15,8 @@ pub enum DropReason {
     SendError,
     /// Larger than the receive buffer.
     Truncated,
+    /// Not valid RTP/RTCP, and the session drops such packets.
+    NotRtp,
 }
 
 /// Dropped packets by reason.
@@ -24,11 +26,12 @@ pub struct DropCounters {
     pub no_client: u64,
     pub send_error: u64,
     pub truncated: u64,
+    pub not_rtp: u64,
 }
 
 impl DropCounters {
     pub fn total(&self) -> u64 {
-        self.unexpected_source + self.no_client + self.send_error + self.truncated
+        self.unexpected_source + self.no_client + self.send_error + self.truncated + self.not_rtp
     }
 
     fn count(&mut self, reason: DropReason) {
@@ -37,6 +40,7 @@ impl DropCounters {
             DropReason::NoClient => &mut self.no_client,
             DropReason::SendError => &mut self.send_error,
             DropReason::Truncated => &mut self.truncated,
+            DropReason::NotRtp => &mut self.not_rtp,
         };
         *slot += 1;
     }

@@ -213,3 +213,35 @@ pub fn create_req(
 pub fn payload(s: usize, n: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (s * 31 + n * 7 + i) as u8).collect()
 }
+
+/// An RTP packet: version 2, payload type `pt`, the given sequence number, timestamp and SSRC,
+/// and `payload` zero bytes.
+pub fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: usize) -> Vec<u8> {
+    let mut p = vec![0x80, pt & 0x7f];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.resize(12 + payload, 0);
+    p
+}
+
+/// An RTCP sender report from `ssrc` carrying the NTP timestamp `ntp` (64-bit).
+pub fn rtcp_sr(ssrc: u32, ntp: u64) -> Vec<u8> {
+    let mut p = vec![0x80, 200, 0, 6];
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&ntp.to_be_bytes());
+    p.extend_from_slice(&[0u8; 12]); // RTP timestamp, packet and octet counts
+    p
+}
+
+/// An RTCP receiver report from `reporter` about `source`, echoing `lsr` (the middle 32 bits
+/// of that source's last SR NTP time) with `dlsr` in units of 1/65536 s.
+pub fn rtcp_rr(reporter: u32, source: u32, lsr: u32, dlsr: u32) -> Vec<u8> {
+    let mut p = vec![0x81, 201, 0, 7];
+    p.extend_from_slice(&reporter.to_be_bytes());
+    p.extend_from_slice(&source.to_be_bytes());
+    p.extend_from_slice(&[0u8; 12]); // fraction/cumulative lost, highest seq, jitter
+    p.extend_from_slice(&lsr.to_be_bytes());
+    p.extend_from_slice(&dlsr.to_be_bytes());
+    p
+}

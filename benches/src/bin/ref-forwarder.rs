@@ -78,7 +78,9 @@ fn main() -> Result<()> {
     let flows = open_flows(&args, &dests)?;
     let epoll = Epoll::new().context("epoll_create1")?;
     for (i, flow) in flows.iter().enumerate() {
-        epoll.add(flow.inbound.as_raw_fd(), i as u64).context("epoll_ctl")?;
+        epoll
+            .add(flow.inbound.as_raw_fd(), i as u64)
+            .context("epoll_ctl")?;
     }
 
     let mut out = std::io::stdout().lock();
@@ -107,7 +109,9 @@ fn forward(flows: &[Flow], epoll: &Epoll, deadline: Option<Instant>) -> Result<C
     while !sys::stop_requested() && deadline.is_none_or(|d| Instant::now() < d) {
         let n = epoll.wait(&mut events, 100).context("epoll_wait")?;
         for ev in &events[..n] {
-            let Some(flow) = flows.get(sys::event_token(ev) as usize) else { continue };
+            let Some(flow) = flows.get(sys::event_token(ev) as usize) else {
+                continue;
+            };
             let (inbound, outbound) = (flow.inbound.as_raw_fd(), flow.outbound.as_raw_fd());
             for _ in 0..MAX_BATCHES_PER_WAKEUP {
                 let got = match batch.recv(inbound) {
@@ -156,17 +160,32 @@ fn destinations(args: &Args) -> Result<Vec<SocketAddr>> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            dests.push(line.parse().with_context(|| format!("bad destination {line:?}"))?);
+            dests.push(
+                line.parse()
+                    .with_context(|| format!("bad destination {line:?}"))?,
+            );
         }
         if dests.len() < args.flows {
-            bail!("{} lists {} destinations for {} flows", path.display(), dests.len(), args.flows);
+            bail!(
+                "{} lists {} destinations for {} flows",
+                path.display(),
+                dests.len(),
+                args.flows
+            );
         }
         dests.truncate(args.flows);
         return Ok(dests);
     }
-    let Some(dest) = args.dest else { bail!("one of --dest or --dest-file is required") };
+    let Some(dest) = args.dest else {
+        bail!("one of --dest or --dest-file is required")
+    };
     (0..args.flows)
-        .map(|i| Ok(SocketAddr::new(dest.ip(), port_at(dest.port(), i, 0, args.flows)?)))
+        .map(|i| {
+            Ok(SocketAddr::new(
+                dest.ip(),
+                port_at(dest.port(), i, 0, args.flows)?,
+            ))
+        })
         .collect()
 }
 
@@ -183,7 +202,9 @@ fn open_flows(args: &Args, dests: &[SocketAddr]) -> Result<Vec<Flow>> {
             let outbound = SocketAddr::new(args.connect, port_at(args.base_port, i, n, n)?);
             let inbound = sys::udp_socket(inbound)?;
             let outbound = sys::udp_socket(outbound)?;
-            outbound.connect(&(*dest).into()).with_context(|| format!("connect {dest}"))?;
+            outbound
+                .connect(&(*dest).into())
+                .with_context(|| format!("connect {dest}"))?;
             Ok(Flow { inbound, outbound })
         })
         .collect()

@@ -137,6 +137,23 @@ impl SessionMedia {
         class
     }
 
+    /// Cumulative RTP packets expected and received in `dir`, over all its sources, and the
+    /// highest current jitter among them. Does not allocate: the shard's supervisor calls it
+    /// for every session on every tick.
+    pub fn totals(&self, dir: Direction) -> (u64, u64, Option<f64>) {
+        let state = match dir {
+            Direction::Forward => &self.forward,
+            Direction::Reverse => &self.reverse,
+        };
+        state.sources.iter().fold((0, 0, None), |(e, r, j), s| {
+            let jitter = match (j, s.jitter.ms()) {
+                (Some(a), Some(b)) => Some(f64::max(a, b)),
+                (a, b) => a.or(b),
+            };
+            (e + s.seq.expected(), r + s.seq.received(), jitter)
+        })
+    }
+
     /// A copy of all statistics; allocates, so call it from a reporting path, not per packet.
     pub fn snapshot(&self) -> MediaSnapshot {
         MediaSnapshot {

@@ -73,7 +73,7 @@ pub struct SessionOptions {
 }
 
 /// A point-in-time copy of a session, safe to send to another thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionSnapshot {
     pub id: String,
     pub protocol: Protocol,
@@ -92,5 +92,7 @@ pub struct SessionSnapshot {
     /// Time packets spent in the relay, per direction.
     pub forward_residence: ResidenceSummary,
     pub reverse_residence: ResidenceSummary,
+    /// RTP/RTCP statistics: per-SSRC loss and jitter, RTCP counts, round-trip times.
+    pub media: crate::rtp::MediaSnapshot,
     pub shard: u32,
 }

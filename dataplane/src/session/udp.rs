@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use super::Leg;
+use crate::rtp::{self, PacketClass, SessionMedia};
 use crate::stats::{DirectionStats, DropReason, PacketCounters, Residence};
 
 /// What to do with a received packet.
@@ -29,6 +30,9 @@ pub struct UdpRelay {
     pub reverse: DirectionStats,
     pub forward_residence: Residence,
     pub reverse_residence: Residence,
+    /// RTP/RTCP statistics of the media relayed (or held for want of a client).
+    pub media: SessionMedia,
+    drop_non_rtp: bool,
 }
 
 impl UdpRelay {
@@ -46,7 +50,17 @@ impl UdpRelay {
             reverse: DirectionStats::default(),
             forward_residence: Residence::default(),
             reverse_residence: Residence::default(),
+            media: SessionMedia::new(),
+            drop_non_rtp: false,
         }
+    }
+
+    /// Sets the clock rates of dynamic payload types and the non-RTP policy.
+    pub fn configure(&mut self, clock_rates: &[(u8, u32)], drop_non_rtp: bool) {
+        for &(pt, hz) in clock_rates {
+            self.media.set_clock_rate(pt, hz);
+        }
+        self.drop_non_rtp = drop_non_rtp;
     }
 
     /// The client's RTP address, once latched.
@@ -66,19 +80,37 @@ impl UdpRelay {
     /// rebinds keeps sending) but do not move the latch. On the outbound sockets only the
     /// destination is accepted. Reverse RTCP goes to the client's RTCP address, or to its RTP
     /// port + 1 until the client has sent RTCP itself.
+    ///
+    /// Media statistics see every packet that is genuine media of this session (sent on, or
+    /// held for want of a client); a stranger's packets would corrupt them and are not looked at.
+    /// A packet that is not valid RTP/RTCP is relayed unless the session drops non-RTP.
     pub fn on_receive(
         &mut self,
         leg: Leg,
         from: SocketAddr,
-        len: usize,
+        payload: &[u8],
         truncated: bool,
         now_us: u64,
     ) -> Verdict {
-        let verdict = if truncated {
+        let len = payload.len();
+        let mut verdict = if truncated {
             Verdict::Drop(DropReason::Truncated)
         } else {
             self.route(leg, from)
         };
+        if matches!(
+            verdict,
+            Verdict::Send { .. } | Verdict::Drop(DropReason::NoClient)
+        ) {
+            let dir = match leg {
+                Leg::ListenRtp | Leg::ListenRtcp => rtp::Direction::Forward,
+                Leg::OutRtp | Leg::OutRtcp => rtp::Direction::Reverse,
+            };
+            let class = self.media.on_packet(dir, leg.is_rtcp(), payload, now_us);
+            if class == PacketClass::NotRtp && self.drop_non_rtp {
+                verdict = Verdict::Drop(DropReason::NotRtp);
+            }
+        }
         let stats = match leg {
             Leg::ListenRtp | Leg::ListenRtcp => &mut self.forward,
             Leg::OutRtp | Leg::OutRtcp => &mut self.reverse,
@@ -150,19 +182,15 @@ impl UdpRelay {
         }
     }
 
-    /// What the session's supervisor needs: packets expected and received and current jitter,
-    /// per direction. Until RTP sequence tracking is in place every received packet counts as
-    /// expected.
+    /// What the session's supervisor needs: RTP packets expected and received (RFC 3550) and
+    /// the current jitter, per direction.
     pub fn observe(&self) -> super::monitor::Observed {
+        let (fe, fr, fj) = self.media.totals(rtp::Direction::Forward);
+        let (re, rr, rj) = self.media.totals(rtp::Direction::Reverse);
         super::monitor::Observed {
-            expected: [
-                self.forward.rtp.packets_received,
-                self.reverse.rtp.packets_received,
-            ],
-            received: [
-                self.forward.rtp.packets_received,
-                self.reverse.rtp.packets_received,
-            ],
+            expected: [fe, re],
+            received: [fr, rr],
+            jitter_ms: [fj, rj],
             ..Default::default()
         }
     }
@@ -199,7 +227,13 @@ mod tests {
     #[test]
     fn forward_goes_to_destination_and_latches_client() {
         let mut r = UdpRelay::new(addr(DEST));
-        let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 172, false, 7);
+        let v = r.on_receive(
+            Leg::ListenRtp,
+            addr("192.0.2.1:5000"),
+            &[0u8; 172],
+            false,
+            7,
+        );
         assert_eq!(
             v,
             Verdict::Send {
@@ -209,7 +243,7 @@ mod tests {
         );
         assert_eq!(r.client(), Some(addr("192.0.2.1:5000")));
         // A second source does not move the latch but is still forwarded.
-        let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.2:6000"), 10, false, 8);
+        let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.2:6000"), &[0u8; 10], false, 8);
         assert_eq!(
             v,
             Verdict::Send {
@@ -226,10 +260,16 @@ mod tests {
     #[test]
     fn reverse_before_latch_is_dropped_then_flows() {
         let mut r = UdpRelay::new(addr(DEST));
-        let v = r.on_receive(Leg::OutRtp, addr(DEST), 100, false, 1);
+        let v = r.on_receive(Leg::OutRtp, addr(DEST), &[0u8; 100], false, 1);
         assert_eq!(v, Verdict::Drop(DropReason::NoClient));
-        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 100, false, 2);
-        let v = r.on_receive(Leg::OutRtp, addr(DEST), 100, false, 3);
+        r.on_receive(
+            Leg::ListenRtp,
+            addr("192.0.2.1:5000"),
+            &[0u8; 100],
+            false,
+            2,
+        );
+        let v = r.on_receive(Leg::OutRtp, addr(DEST), &[0u8; 100], false, 3);
         assert_eq!(
             v,
             Verdict::Send {
@@ -244,10 +284,10 @@ mod tests {
     #[test]
     fn reverse_from_stranger_is_dropped() {
         let mut r = UdpRelay::new(addr(DEST));
-        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 1, false, 1);
-        let v = r.on_receive(Leg::OutRtp, addr("10.0.0.9:4002"), 1, false, 2);
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), &[0u8; 1], false, 1);
+        let v = r.on_receive(Leg::OutRtp, addr("10.0.0.9:4002"), &[0u8; 1], false, 2);
         assert_eq!(v, Verdict::Drop(DropReason::UnexpectedSource));
-        let v = r.on_receive(Leg::OutRtcp, addr(DEST), 1, false, 2);
+        let v = r.on_receive(Leg::OutRtcp, addr(DEST), &[0u8; 1], false, 2);
         assert_eq!(
             v,
             Verdict::Drop(DropReason::UnexpectedSource),
@@ -260,7 +300,13 @@ mod tests {
     #[test]
     fn rtcp_pairs_with_port_plus_one() {
         let mut r = UdpRelay::new(addr(DEST));
-        let v = r.on_receive(Leg::ListenRtcp, addr("192.0.2.1:5001"), 60, false, 1);
+        let v = r.on_receive(
+            Leg::ListenRtcp,
+            addr("192.0.2.1:5001"),
+            &[0u8; 60],
+            false,
+            1,
+        );
         assert_eq!(
             v,
             Verdict::Send {
@@ -268,7 +314,7 @@ mod tests {
                 to: addr("10.0.0.9:4001")
             }
         );
-        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 60, false, 2);
+        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), &[0u8; 60], false, 2);
         assert_eq!(
             v,
             Verdict::Send {
@@ -281,8 +327,8 @@ mod tests {
     #[test]
     fn reverse_rtcp_falls_back_to_client_rtp_port_plus_one() {
         let mut r = UdpRelay::new(addr(DEST));
-        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:7000"), 1, false, 1);
-        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 1, false, 2);
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:7000"), &[0u8; 1], false, 1);
+        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), &[0u8; 1], false, 2);
         assert_eq!(
             v,
             Verdict::Send {
@@ -292,15 +338,21 @@ mod tests {
         );
         // A client on port 65535 has no port + 1.
         let mut r = UdpRelay::new(addr(DEST));
-        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:65535"), 1, false, 1);
-        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), 1, false, 2);
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:65535"), &[0u8; 1], false, 1);
+        let v = r.on_receive(Leg::OutRtcp, addr("10.0.0.9:4001"), &[0u8; 1], false, 2);
         assert_eq!(v, Verdict::Drop(DropReason::NoClient));
     }
 
     #[test]
     fn truncated_packets_are_dropped_and_counted() {
         let mut r = UdpRelay::new(addr(DEST));
-        let v = r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), 2048, true, 1);
+        let v = r.on_receive(
+            Leg::ListenRtp,
+            addr("192.0.2.1:5000"),
+            &[0u8; 2048],
+            true,
+            1,
+        );
         assert_eq!(v, Verdict::Drop(DropReason::Truncated));
         assert_eq!(r.forward.rtp.dropped.truncated, 1);
         assert_eq!(r.client(), None, "a truncated packet does not latch");
@@ -324,6 +376,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn non_rtp_is_relayed_by_default_and_dropped_on_request() {
+        let client = addr("192.0.2.1:5000");
+        let mut r = UdpRelay::new(addr(DEST));
+        let v = r.on_receive(Leg::ListenRtp, client, b"hello", false, 1);
+        assert!(matches!(v, Verdict::Send { .. }));
+        r.configure(&[(111, 48000)], true);
+        let v = r.on_receive(Leg::ListenRtp, client, b"hello", false, 2);
+        assert_eq!(v, Verdict::Drop(DropReason::NotRtp));
+        // Valid RTP (version 2, PT 111, seq 1, SSRC 1) still flows and is tracked.
+        let rtp = [0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xaa];
+        let v = r.on_receive(Leg::ListenRtp, client, &rtp, false, 3);
+        assert!(matches!(v, Verdict::Send { .. }));
+        assert_eq!(r.forward.rtp.dropped.not_rtp, 1);
+        assert_eq!(r.media.clock_rate(111), Some(48000));
+        let snapshot = r.media.snapshot();
+        assert_eq!(snapshot.forward.rtp_packets, 1);
+        assert_eq!(snapshot.forward.non_rtp, 2);
+        assert_eq!(snapshot.forward.sources[0].ssrc, 1);
+    }
+
+    #[test]
+    fn strangers_do_not_reach_media_statistics() {
+        let mut r = UdpRelay::new(addr(DEST));
+        let rtp = [0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+        r.on_receive(Leg::OutRtp, addr("10.0.0.9:4002"), &rtp, false, 1);
+        assert_eq!(r.media.snapshot().reverse.rtp_packets, 0);
+        r.on_receive(Leg::OutRtp, addr(DEST), &rtp, false, 2);
+        let held = r.media.snapshot().reverse.rtp_packets;
+        assert_eq!(held, 1, "held for want of a client, still media");
+    }
+
+    #[test]
+    fn observe_reports_rfc3550_loss_and_jitter() {
+        let mut r = UdpRelay::new(addr(DEST));
+        let client = addr("192.0.2.1:5000");
+        for seq in (1..=200u16).filter(|s| s % 20 != 0) {
+            let mut p = vec![0x80u8, 0];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            p.extend_from_slice(&1u32.to_be_bytes());
+            p.resize(172, 0);
+            r.on_receive(Leg::ListenRtp, client, &p, false, u64::from(seq) * 20_000);
+        }
+        let o = r.observe();
+        // Probation consumes the first packet; 2..=199 are expected, 9 of them never sent.
+        assert_eq!((o.expected[0], o.received[0]), (198, 189));
+        assert_eq!((o.expected[1], o.received[1]), (0, 0));
+        let jitter = o.jitter_ms[0].expect("PCMU has a known clock");
+        assert!(
+            jitter.abs() < 1e-9,
+            "perfect pacing has no jitter, gaps or not: {o:?}"
+        );
+    }
+
     proptest! {
         /// Every received packet is either sent on (pending its completion) or counted as dropped,
         /// and a send always leaves from the opposite side to where it arrived.
@@ -335,7 +442,7 @@ mod tests {
             let sources = [addr("192.0.2.1:5000"), addr(DEST), addr("10.0.0.9:4001")];
             for (leg, src, len, ok) in packets {
                 let leg = Leg::from_index(leg).unwrap();
-                match r.on_receive(leg, sources[usize::from(src)], len, false, 1) {
+                match r.on_receive(leg, sources[usize::from(src)], &vec![0u8; len], false, 1) {
                     Verdict::Send { via, .. } => {
                         let listen = matches!(leg, Leg::ListenRtp | Leg::ListenRtcp);
                         prop_assert_eq!(listen, matches!(via, Leg::OutRtp | Leg::OutRtcp));

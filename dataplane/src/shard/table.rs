@@ -168,7 +168,11 @@ impl SessionTable {
             connect: connect_addr,
             destination: spec.destination,
             created_us,
-            relay: UdpRelay::new(spec.destination),
+            relay: {
+                let mut relay = UdpRelay::new(spec.destination);
+                relay.configure(&spec.options.clock_rates, spec.options.drop_non_rtp);
+                relay
+            },
             tokens,
             sockets: [Some(lr), Some(lc), Some(or), Some(oc)],
             closing: None,
@@ -314,6 +318,10 @@ impl SessionTable {
         match due {
             Due::Stats => {
                 let snapshot = self.snapshot(slot, SessionState::Forwarding);
+                // Interval figures of the next update cover what happens from now on.
+                if let Some(entry) = self.sessions[slot as usize].as_mut() {
+                    entry.relay.media.take_interval();
+                }
                 self.emit(&id, EventKind::StatsUpdate(Box::new(snapshot)));
             }
             Due::IdleTimeout => {
@@ -446,6 +454,7 @@ impl SessionTable {
             reverse: e.relay.reverse,
             forward_residence: e.relay.forward_residence.summary(),
             reverse_residence: e.relay.reverse_residence.summary(),
+            media: e.relay.media.snapshot(),
             shard: self.shard,
         }
     }
@@ -473,7 +482,7 @@ impl PacketHandler for SessionTable {
         }
         match entry
             .relay
-            .on_receive(leg, p.from, p.payload.len(), p.truncated, p.arrival_us)
+            .on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us)
         {
             Verdict::Send { via, to } => Action::Send {
                 via: entry.tokens[via as usize],

@@ -69,12 +69,16 @@ fn main() -> Result<()> {
     let targets = read_targets(&args.targets)?;
 
     // Bind every sink before the first packet leaves, or the first ones would bounce.
-    let sinks = targets.iter().map(|t| sys::udp_socket(t.sink)).collect::<Result<Vec<_>>>()?;
+    let sinks = targets
+        .iter()
+        .map(|t| sys::udp_socket(t.sink))
+        .collect::<Result<Vec<_>>>()?;
     let sources = targets
         .iter()
         .map(|t| {
             let s = sys::udp_socket(t.src)?;
-            s.connect(&t.dst.into()).with_context(|| format!("connect {}", t.dst))?;
+            s.connect(&t.dst.into())
+                .with_context(|| format!("connect {}", t.dst))?;
             Ok(s)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -101,11 +105,15 @@ fn main() -> Result<()> {
             .context("spawn sender thread")?
     };
 
-    let sent = sender_thread.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
+    let sent = sender_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
     // Let packets still queued in the relay arrive before the sink stops counting.
     std::thread::sleep(Duration::from_millis(args.drain_ms));
     stop_sink.store(true, Ordering::Relaxed);
-    let received = sink_thread.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))?;
+    let received = sink_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink thread panicked"))?;
     let (sent, received) = (sent?, received?);
 
     println!("{}", report(&sent, &received)?);
@@ -123,7 +131,13 @@ fn report(sent: &sender::Sent, rx: &sink::Received) -> Result<serde_json::Value>
         .sum();
     let secs = sent.duration.as_secs_f64();
     let h = &rx.latency_ns;
-    let us = |q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
+    let us = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1000.0
+        }
+    };
     Ok(json!({
         "flows": sent.per_flow.len(),
         "sent": total_sent,
@@ -147,8 +161,7 @@ fn report(sent: &sender::Sent, rx: &sink::Received) -> Result<serde_json::Value>
 }
 
 fn read_targets(path: &Path) -> Result<Vec<Target>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let mut targets = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -163,7 +176,11 @@ fn read_targets(path: &Path) -> Result<Vec<Target>> {
             s.parse::<SocketAddr>()
                 .with_context(|| format!("{}:{}: bad address {s:?}", path.display(), n + 1))
         };
-        targets.push(Target { src: addr(src)?, dst: addr(dst)?, sink: addr(sink)? });
+        targets.push(Target {
+            src: addr(src)?,
+            dst: addr(dst)?,
+            sink: addr(sink)?,
+        });
     }
     if targets.is_empty() {
         bail!("{} lists no flows", path.display());
