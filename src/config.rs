@@ -42,6 +42,15 @@ pub struct Cli {
     /// Do not pin shards to cores.
     #[arg(long)]
     pub no_pin: bool,
+    /// Do not bind media sockets to the interface owning their address.
+    #[arg(long)]
+    pub no_bind_device: bool,
+    /// DSCP of outbound media (0-63).
+    #[arg(long)]
+    pub dscp: Option<u8>,
+    /// Accept listen/connect addresses no local interface owns (IP_FREEBIND).
+    #[arg(long)]
+    pub allow_nonlocal: bool,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -70,6 +79,10 @@ pub struct Media {
     pub address: IpAddr,
     pub port_min: u16,
     pub port_max: u16,
+    pub bind_device: bool,
+    pub dscp: u8,
+    pub allow_nonlocal: bool,
+    pub socket_rcvbuf: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +194,15 @@ impl Config {
         if cli.no_pin {
             config.dataplane.pin_cores = false;
         }
+        if cli.no_bind_device {
+            config.media.bind_device = false;
+        }
+        if let Some(v) = cli.dscp {
+            config.media.dscp = v;
+        }
+        if cli.allow_nonlocal {
+            config.media.allow_nonlocal = true;
+        }
         config.check()?;
         Ok(config)
     }
@@ -192,6 +214,9 @@ impl Config {
                 self.media.port_min,
                 self.media.port_max
             );
+        }
+        if self.media.dscp > 63 {
+            bail!("media.dscp {} is out of range 0-63", self.media.dscp);
         }
         let buffers = self.dataplane.buffers_per_shard;
         if !buffers.is_power_of_two() || buffers > 32768 {

@@ -78,6 +78,12 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
     dp.pin_cores = d.pin_cores;
     dp.preempt = Duration::from_millis(d.preempt_ms.max(1));
     dp.budget = d.budget;
+    dp.sockets = rtprelay_dataplane::socket::SocketOptions {
+        bind_device: config.media.bind_device,
+        dscp: config.media.dscp,
+        freebind: config.media.allow_nonlocal,
+        rcvbuf: config.media.socket_rcvbuf,
+    };
     dp.uring = UringConfig {
         sq_entries: d.sq_entries,
         buffers: d.buffers_per_shard,

@@ -149,6 +149,8 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
             &s.media.reverse,
         )),
         shard: s.shard,
+        listen_device: s.listen_device.clone().unwrap_or_default(),
+        connect_device: s.connect_device.clone().unwrap_or_default(),
         client_rtt: Some(rtt(&s.media.client_rtt)),
         destination_rtt: Some(rtt(&s.media.destination_rtt)),
     }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::io::uring::UringConfig;
 use crate::ports::PortRange;
+use crate::socket::SocketOptions;
 
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -22,6 +23,8 @@ pub struct DataplaneConfig {
     pub budget: usize,
     /// How often each shard supervises its sessions (statistics, alerts, idle timeouts).
     pub tick: Duration,
+    /// Device binding, DSCP, free binding and buffer size of media sockets.
+    pub sockets: SocketOptions,
 }
 
 impl DataplaneConfig {
@@ -34,6 +37,7 @@ impl DataplaneConfig {
             preempt: Duration::from_millis(2),
             budget: 64,
             tick: Duration::from_millis(100),
+            sockets: SocketOptions::default(),
         }
     }
 }

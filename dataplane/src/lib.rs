@@ -6,6 +6,7 @@
 pub mod command;
 pub mod config;
 pub mod event;
+pub mod iface;
 pub mod io;
 pub mod ports;
 pub mod rtp;
@@ -34,6 +35,9 @@ impl Dataplane {
     /// Starts `config.shards` shards and waits until each is ready to take commands, so a
     /// failure (no io_uring, too few file descriptors) is reported here, not on first use.
     pub fn start(config: DataplaneConfig, events: Arc<dyn EventSink>) -> Result<Self, StartError> {
+        if config.sockets.bind_device {
+            socket::probe_device_binding();
+        }
         let config = Arc::new(config);
         let cores = if config.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()

@@ -7,7 +7,11 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use socket2::{Domain, Protocol, Socket, Type};
+use tracing::warn;
 
 /// An RTP socket and its RTCP sibling on port + 1.
 #[derive(Debug)]
@@ -16,6 +20,8 @@ pub struct UdpPair {
     pub rtcp: Socket,
     /// The RTP address actually bound.
     pub addr: SocketAddr,
+    /// The device both are bound to, if any.
+    pub device: Option<String>,
 }
 
 /// Why a pair could not be bound.
@@ -31,19 +37,123 @@ pub enum BindError {
     Io(#[from] io::Error),
 }
 
-/// Binds a non-blocking UDP socket to exactly `addr`.
-pub fn bind_udp(addr: SocketAddr) -> io::Result<Socket> {
+/// How media sockets are set up, beyond their address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Bind each socket to the interface that owns its address (SO_BINDTODEVICE), so egress
+    /// leaves through it even when the routing table would pick another interface.
+    pub bind_device: bool,
+    /// DSCP of outbound media (IPv4 TOS / IPv6 traffic class = dscp << 2); 46 is EF.
+    pub dscp: u8,
+    /// Allow addresses no local interface owns (IP_FREEBIND), for floating/VRRP addresses.
+    pub freebind: bool,
+    /// Receive buffer per socket in bytes (0 = the kernel default).
+    pub rcvbuf: usize,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            bind_device: true,
+            dscp: 46,
+            freebind: false,
+            rcvbuf: 0,
+        }
+    }
+}
+
+/// Set once the kernel refused SO_BINDTODEVICE (no CAP_NET_RAW): the relay then binds by
+/// source address only, and says so once.
+static NO_DEVICE_BINDING: AtomicBool = AtomicBool::new(false);
+
+/// Binds a non-blocking UDP socket to exactly `addr`, bound to `device` when given.
+pub fn bind_udp(
+    addr: SocketAddr,
+    device: Option<&str>,
+    opts: &SocketOptions,
+) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM.nonblocking().cloexec(),
         Some(Protocol::UDP),
     )?;
+    let tos = u32::from(opts.dscp) << 2;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+        socket.set_tclass_v6(tos)?;
+        if opts.freebind {
+            socket.set_freebind_v6(true)?;
+        }
+    } else {
+        socket.set_tos_v4(tos)?;
+        if opts.freebind {
+            socket.set_freebind_v4(true)?;
+        }
+    }
+    if opts.rcvbuf > 0 {
+        set_rcvbuf(&socket, opts.rcvbuf);
+    }
+    if let Some(dev) = device
+        && !NO_DEVICE_BINDING.load(Ordering::Relaxed)
+        && let Err(e) = socket.bind_device(Some(dev.as_bytes()))
+    {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            if !NO_DEVICE_BINDING.swap(true, Ordering::Relaxed) {
+                warn!(
+                    device = dev,
+                    "SO_BINDTODEVICE needs CAP_NET_RAW, which this process lacks: media sockets \
+                     are bound by source address only from now on"
+                );
+            }
+        } else {
+            return Err(e);
+        }
     }
     enable_rx_timestamps(&socket)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// Tries SO_BINDTODEVICE once on a scratch socket, so a relay without CAP_NET_RAW says at
+/// start-up, not at the first call, that it falls back to binding by source address only.
+pub fn probe_device_binding() -> bool {
+    let probe = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .and_then(|s| s.bind_device(Some(b"lo")));
+    match probe {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            NO_DEVICE_BINDING.store(true, Ordering::Relaxed);
+            warn!(
+                "no CAP_NET_RAW: media sockets cannot be bound to their interface \
+                 (SO_BINDTODEVICE); binding by source address only, so egress follows the routing table"
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Whether device binding is in effect (false after the kernel refused it once).
+pub fn device_binding_available() -> bool {
+    !NO_DEVICE_BINDING.load(Ordering::Relaxed)
+}
+
+/// A larger receive buffer absorbs bursts while the shard is busy; root may exceed rmem_max.
+fn set_rcvbuf(socket: &Socket, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        // Not privileged: the kernel caps this at net.core.rmem_max.
+        let _ = socket.set_recv_buffer_size(bytes);
+    }
 }
 
 /// Asks the kernel to stamp every received datagram with its arrival time (SO_TIMESTAMPNS),
@@ -66,14 +176,28 @@ fn enable_rx_timestamps(socket: &Socket) -> io::Result<()> {
     Ok(())
 }
 
-/// Binds `ip:port` and `ip:port+1`. `port` must be even and non-zero; if either half is taken,
-/// nothing stays bound.
-pub fn bind_pair(ip: IpAddr, port: u16) -> Result<UdpPair, BindError> {
+/// Binds `ip:port` and `ip:port+1` (to `device` when given). `port` must be even and
+/// non-zero; if either half is taken, nothing stays bound.
+pub fn bind_pair(
+    ip: IpAddr,
+    port: u16,
+    device: Option<&str>,
+    opts: &SocketOptions,
+) -> Result<UdpPair, BindError> {
     debug_assert!(port % 2 == 0 && port != 0);
     let addr = SocketAddr::new(ip, port);
-    let rtp = bind_udp(addr).map_err(|e| classify(e, ip, port))?;
-    let rtcp = bind_udp(SocketAddr::new(ip, port + 1)).map_err(|e| classify(e, ip, port))?;
-    Ok(UdpPair { rtp, rtcp, addr })
+    let rtp = bind_udp(addr, device, opts).map_err(|e| classify(e, ip, port))?;
+    let rtcp =
+        bind_udp(SocketAddr::new(ip, port + 1), device, opts).map_err(|e| classify(e, ip, port))?;
+    let device = device
+        .filter(|_| device_binding_available())
+        .map(str::to_owned);
+    Ok(UdpPair {
+        rtp,
+        rtcp,
+        addr,
+        device,
+    })
 }
 
 fn classify(e: io::Error, ip: IpAddr, port: u16) -> BindError {
@@ -95,38 +219,66 @@ mod tests {
         // Try even ports in a high, rarely used window until a pair binds.
         (50000..52000)
             .step_by(2)
-            .find(|&p| bind_pair(LO, p).is_ok())
+            .find(|&p| bind_pair(LO, p, None, &SocketOptions::default()).is_ok())
             .expect("a free pair")
     }
 
     #[test]
     fn binds_both_halves_and_reports_in_use() {
         let port = free_even_port();
-        let pair = bind_pair(LO, port).unwrap();
+        let pair = bind_pair(LO, port, Some("lo"), &SocketOptions::default()).unwrap();
+        assert_eq!(pair.device.as_deref(), Some("lo"));
         assert_eq!(pair.addr, SocketAddr::new(LO, port));
         assert_eq!(
             pair.rtcp.local_addr().unwrap().as_socket().unwrap().port(),
             port + 1
         );
-        assert!(matches!(bind_pair(LO, port), Err(BindError::InUse { port: p }) if p == port));
+        assert!(
+            matches!(bind_pair(LO, port, None, &SocketOptions::default()), Err(BindError::InUse { port: p }) if p == port)
+        );
         drop(pair);
-        assert!(bind_pair(LO, port).is_ok(), "closing frees both ports");
+        assert!(
+            bind_pair(LO, port, None, &SocketOptions::default()).is_ok(),
+            "closing frees both ports"
+        );
     }
 
     #[test]
     fn rtcp_half_taken_leaves_nothing_bound() {
         let port = free_even_port();
-        let blocker = bind_udp(SocketAddr::new(LO, port + 1)).unwrap();
-        assert!(matches!(bind_pair(LO, port), Err(BindError::InUse { .. })));
+        let blocker = bind_udp(
+            SocketAddr::new(LO, port + 1),
+            None,
+            &SocketOptions::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            bind_pair(LO, port, None, &SocketOptions::default()),
+            Err(BindError::InUse { .. })
+        ));
         // The RTP half must have been released again.
-        assert!(bind_udp(SocketAddr::new(LO, port)).is_ok());
+        assert!(bind_udp(SocketAddr::new(LO, port), None, &SocketOptions::default()).is_ok());
         drop(blocker);
+    }
+
+    #[test]
+    fn dscp_is_set_on_both_families() {
+        let opts = SocketOptions {
+            dscp: 10,
+            ..SocketOptions::default()
+        };
+        let v4 = bind_udp("127.0.0.1:0".parse().unwrap(), None, &opts).unwrap();
+        assert_eq!(v4.tos_v4().unwrap(), 40);
+        let v6 = bind_udp("[::1]:0".parse().unwrap(), None, &opts).unwrap();
+        assert_eq!(v6.tclass_v6().unwrap(), 40);
     }
 
     #[test]
     fn foreign_address_is_not_local() {
         // TEST-NET-1 is never assigned to this machine's interfaces.
         let ip: IpAddr = "192.0.2.77".parse().unwrap();
-        assert!(matches!(bind_pair(ip, 40000), Err(BindError::NotLocal(a)) if a == ip));
+        assert!(
+            matches!(bind_pair(ip, 40000, None, &SocketOptions::default()), Err(BindError::NotLocal(a)) if a == ip)
+        );
     }
 }

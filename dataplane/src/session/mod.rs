@@ -84,6 +84,9 @@ pub struct SessionSnapshot {
     pub destination: SocketAddr,
     pub client: Option<SocketAddr>,
     pub client_rtcp: Option<SocketAddr>,
+    /// Devices the listen and connect sockets are bound to (SO_BINDTODEVICE), if any.
+    pub listen_device: Option<String>,
+    pub connect_device: Option<String>,
     pub created_us: u64,
     /// Client -> destination.
     pub forward: DirectionStats,

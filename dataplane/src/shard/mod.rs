@@ -196,6 +196,7 @@ fn run(
             config.shards as u32,
             config.port_range,
             config.uring.max_sockets,
+            config.sockets.clone(),
             events,
         );
         let shard = Rc::new(RefCell::new(Shard { io, table }));

@@ -16,12 +16,13 @@ use tracing::{debug, info, warn};
 
 use crate::command::{CreateError, EndpointField, ListPage, ListQuery, Reply};
 use crate::event::{CloseReason, Event, EventKind, EventSink};
+use crate::iface;
 use crate::io::{Action, MediaIo, PacketHandler, Received, Token};
 use crate::ports::{PortAllocator, PortRange};
 use crate::session::monitor::{Due, Monitor, Observed};
 use crate::session::udp::{UdpRelay, Verdict};
 use crate::session::{Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
-use crate::socket::{BindError, UdpPair, bind_pair};
+use crate::socket::{BindError, SocketOptions, UdpPair, bind_pair};
 use crate::time::unix_now_us;
 
 struct SocketRef {
@@ -44,7 +45,8 @@ struct Entry {
     listen: SocketAddr,
     connect: SocketAddr,
     destination: SocketAddr,
-    /// Whether the listen/connect pairs came from the media range (and must be released).
+    listen_device: Option<String>,
+    connect_device: Option<String>,
     created_us: u64,
     relay: UdpRelay,
     tokens: [Token; 4],
@@ -64,6 +66,7 @@ pub(crate) struct SessionTable {
     sockets: Vec<Option<SocketRef>>,
     free_tokens: Vec<Token>,
     ports: PortAllocator,
+    sock_opts: SocketOptions,
     events: Arc<dyn EventSink>,
     /// Scratch space for the supervision tick, kept to avoid reallocating every tick.
     due: Vec<Due>,
@@ -93,6 +96,7 @@ impl SessionTable {
         shards: u32,
         range: PortRange,
         max_sockets: u32,
+        sock_opts: SocketOptions,
         events: Arc<dyn EventSink>,
     ) -> Self {
         Self {
@@ -104,6 +108,7 @@ impl SessionTable {
             sockets: (0..max_sockets).map(|_| None).collect(),
             free_tokens: (0..max_sockets).rev().collect(),
             ports: PortAllocator::new(range, shard, shards),
+            sock_opts,
             events,
             due: Vec::new(),
             stopping: false,
@@ -153,11 +158,13 @@ impl SessionTable {
             rtp: lr,
             rtcp: lc,
             addr: listen_addr,
+            device: listen_device,
         } = listen;
         let UdpPair {
             rtp: or,
             rtcp: oc,
             addr: connect_addr,
+            device: connect_device,
         } = out;
         let created_us = unix_now_us();
         let entry = Entry {
@@ -167,6 +174,8 @@ impl SessionTable {
             listen: listen_addr,
             connect: connect_addr,
             destination: spec.destination,
+            listen_device,
+            connect_device,
             created_us,
             relay: {
                 let mut relay = UdpRelay::new(spec.destination);
@@ -362,11 +371,19 @@ impl SessionTable {
             BindError::NotLocal(address) => CreateError::NotLocal { field, address },
             BindError::Io(source) => CreateError::Socket { field, source },
         };
+        // Bind to the device that owns the address; an address no interface lists exactly
+        // (e.g. 127.0.0.2 inside 127.0.0.0/8) is left to the kernel to accept or refuse.
+        let device = if self.sock_opts.bind_device {
+            iface::device_of(want.ip()).map_err(|source| CreateError::Socket { field, source })?
+        } else {
+            None
+        };
+        let (device, opts) = (device.as_deref(), &self.sock_opts);
         if want.port() != 0 {
-            return bind_pair(want.ip(), want.port()).map_err(classify);
+            return bind_pair(want.ip(), want.port(), device, opts).map_err(classify);
         }
         for port in self.ports.candidates(want.ip()) {
-            match bind_pair(want.ip(), port) {
+            match bind_pair(want.ip(), port, device, opts) {
                 Ok(pair) => return Ok(pair),
                 Err(BindError::InUse { .. }) => {
                     debug!(%field, port, "port pair held elsewhere; trying the next");
@@ -449,6 +466,8 @@ impl SessionTable {
             destination: e.destination,
             client: e.relay.client(),
             client_rtcp: e.relay.client_rtcp(),
+            listen_device: e.listen_device.clone(),
+            connect_device: e.connect_device.clone(),
             created_us: e.created_us,
             forward: e.relay.forward,
             reverse: e.relay.reverse,
