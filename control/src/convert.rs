@@ -114,6 +114,7 @@ fn direction(
         rtp: Some(counters(&d.rtp)),
         rtcp: Some(counters(&d.rtcp)),
         last_activity_unix_us: d.last_activity_us,
+        first_activity_unix_us: d.first_activity_us,
         residence: Some(v1::Residence {
             count: r.count,
             p50_us: r.p50_us,
@@ -149,6 +150,12 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
             &s.media.reverse,
         )),
         shard: s.shard,
+        last_error: s
+            .last_error
+            .as_ref()
+            .map(|e| e.0.clone())
+            .unwrap_or_default(),
+        last_error_unix_us: s.last_error.as_ref().map_or(0, |e| e.1),
         listen_device: s.listen_device.clone().unwrap_or_default(),
         connect_device: s.connect_device.clone().unwrap_or_default(),
         client_rtt: Some(rtt(&s.media.client_rtt)),

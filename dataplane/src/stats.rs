@@ -78,6 +78,8 @@ pub struct DirectionStats {
     pub rtp: PacketCounters,
     pub rtcp: PacketCounters,
     /// Microseconds since the Unix epoch; 0 until the first packet.
+    pub first_activity_us: u64,
+    /// Microseconds since the Unix epoch; 0 until the first packet.
     pub last_activity_us: u64,
 }
 

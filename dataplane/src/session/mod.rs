@@ -84,6 +84,8 @@ pub struct SessionSnapshot {
     pub destination: SocketAddr,
     pub client: Option<SocketAddr>,
     pub client_rtcp: Option<SocketAddr>,
+    /// The most recent error and when it happened (µs since the Unix epoch).
+    pub last_error: Option<(String, u64)>,
     /// Devices the listen and connect sockets are bound to (SO_BINDTODEVICE), if any.
     pub listen_device: Option<String>,
     pub connect_device: Option<String>,

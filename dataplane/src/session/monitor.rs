@@ -60,6 +60,8 @@ pub struct Observed {
     pub received: [u64; 2],
     /// Highest current jitter across the direction's streams, if known.
     pub jitter_ms: [Option<f64>; 2],
+    /// Sends the kernel refused so far.
+    pub send_errors: u64,
 }
 
 /// Something the shard must act on.
@@ -69,6 +71,8 @@ pub enum Due {
     Stats,
     /// Close the session: idle for longer than its timeout.
     IdleTimeout,
+    /// `new` sends failed since the last Error event (at most one per second).
+    Error { new: u64 },
     Alert {
         kind: AlertKind,
         direction: Direction,
@@ -88,6 +92,8 @@ pub struct Monitor {
     loss_active: [bool; 2],
     jitter_active: [bool; 2],
     no_media_active: bool,
+    reported_errors: u64,
+    last_error_event_us: u64,
 }
 
 const DIRS: [Direction; 2] = [Direction::Forward, Direction::Reverse];
@@ -109,6 +115,8 @@ impl Monitor {
             loss_active: [false; 2],
             jitter_active: [false; 2],
             no_media_active: false,
+            reported_errors: 0,
+            last_error_event_us: 0,
         }
     }
 
@@ -124,6 +132,15 @@ impl Monitor {
         {
             out.push(Due::IdleTimeout);
             return;
+        }
+        if o.send_errors > self.reported_errors
+            && o.now_us >= self.last_error_event_us.saturating_add(1_000_000)
+        {
+            out.push(Due::Error {
+                new: o.send_errors - self.reported_errors,
+            });
+            self.reported_errors = o.send_errors;
+            self.last_error_event_us = o.now_us;
         }
         if o.now_us >= self.next_stats_us {
             out.push(Due::Stats);
@@ -242,6 +259,21 @@ mod tests {
         assert!(tick(&mut m, at(4 * S + 1, 4 * S)).contains(&Due::Stats));
         let mut off = Monitor::new(MonitorConfig::default(), 0);
         assert!(tick(&mut off, at(1000 * S, 1000 * S)).is_empty());
+    }
+
+    #[test]
+    fn send_errors_are_reported_at_most_once_a_second() {
+        let mut m = Monitor::new(MonitorConfig::default(), 0);
+        let mut o = at(2 * S, 2 * S);
+        o.send_errors = 3;
+        assert_eq!(tick(&mut m, o), vec![Due::Error { new: 3 }]);
+        o.now_us += S / 2;
+        o.send_errors = 10;
+        assert!(tick(&mut m, o).is_empty(), "rate-limited");
+        o.now_us += S / 2;
+        assert_eq!(tick(&mut m, o), vec![Due::Error { new: 7 }]);
+        o.now_us += 5 * S;
+        assert!(tick(&mut m, o).is_empty(), "nothing new");
     }
 
     #[test]

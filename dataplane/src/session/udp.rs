@@ -33,6 +33,29 @@ pub struct UdpRelay {
     /// RTP/RTCP statistics of the media relayed (or held for want of a client).
     pub media: SessionMedia,
     drop_non_rtp: bool,
+    /// The most recent send failure, and how many there were.
+    last_error: Option<SendFailure>,
+    send_errors: u64,
+}
+
+/// A send the kernel refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendFailure {
+    pub via: Leg,
+    pub to: SocketAddr,
+    pub errno: i32,
+    pub at_us: u64,
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let err = std::io::Error::from_raw_os_error(self.errno);
+        write!(
+            f,
+            "sending to {} from the {:?} socket failed: {err}",
+            self.to, self.via
+        )
+    }
 }
 
 impl UdpRelay {
@@ -52,6 +75,8 @@ impl UdpRelay {
             reverse_residence: Residence::default(),
             media: SessionMedia::new(),
             drop_non_rtp: false,
+            last_error: None,
+            send_errors: 0,
         }
     }
 
@@ -115,6 +140,9 @@ impl UdpRelay {
             Leg::ListenRtp | Leg::ListenRtcp => &mut self.forward,
             Leg::OutRtp | Leg::OutRtcp => &mut self.reverse,
         };
+        if stats.first_activity_us == 0 {
+            stats.first_activity_us = now_us;
+        }
         stats.last_activity_us = now_us;
         let counters = if leg.is_rtcp() {
             &mut stats.rtcp
@@ -165,21 +193,41 @@ impl UdpRelay {
         }
     }
 
-    /// Records the outcome of a send that left from `via` (as returned by `on_receive`), and the
-    /// packet's residence time in the relay when known.
-    pub fn on_sent(&mut self, via: Leg, len: usize, ok: bool, residence_us: Option<u64>) {
-        let counters = self.sender_counters(via);
-        if ok {
-            counters.sent(len);
-            if let Some(us) = residence_us {
-                match via {
-                    Leg::OutRtp | Leg::OutRtcp => self.forward_residence.record(us),
-                    Leg::ListenRtp | Leg::ListenRtcp => self.reverse_residence.record(us),
-                }
+    /// Records a send that left from `via` (as returned by `on_receive`), and the packet's
+    /// residence time in the relay when known.
+    pub fn on_sent(&mut self, via: Leg, len: usize, residence_us: Option<u64>) {
+        self.sender_counters(via).sent(len);
+        if let Some(us) = residence_us {
+            match via {
+                Leg::OutRtp | Leg::OutRtcp => self.forward_residence.record(us),
+                Leg::ListenRtp | Leg::ListenRtcp => self.reverse_residence.record(us),
             }
-        } else {
-            counters.dropped(DropReason::SendError);
         }
+    }
+
+    /// Records a send from `via` that the kernel refused with `errno` at `now_us`.
+    pub fn on_send_failed(&mut self, via: Leg, errno: i32, now_us: u64) {
+        self.sender_counters(via).dropped(DropReason::SendError);
+        let to = match via {
+            Leg::OutRtp => Some(self.destination),
+            Leg::OutRtcp => Some(self.destination_rtcp),
+            Leg::ListenRtp => self.client,
+            Leg::ListenRtcp => self.reverse_rtcp_target(),
+        };
+        if let Some(to) = to {
+            self.last_error = Some(SendFailure {
+                via,
+                to,
+                errno,
+                at_us: now_us,
+            });
+        }
+        self.send_errors += 1;
+    }
+
+    /// The most recent send failure.
+    pub fn last_error(&self) -> Option<SendFailure> {
+        self.last_error
     }
 
     /// What the session's supervisor needs: RTP packets expected and received (RFC 3550) and
@@ -191,6 +239,7 @@ impl UdpRelay {
             expected: [fe, re],
             received: [fr, rr],
             jitter_ms: [fj, rj],
+            send_errors: self.send_errors,
             ..Default::default()
         }
     }
@@ -361,9 +410,9 @@ mod tests {
     #[test]
     fn sends_are_counted_on_the_right_direction() {
         let mut r = UdpRelay::new(addr(DEST));
-        r.on_sent(Leg::OutRtp, 172, true, Some(40));
-        r.on_sent(Leg::OutRtcp, 80, true, Some(60));
-        r.on_sent(Leg::ListenRtp, 160, false, Some(1));
+        r.on_sent(Leg::OutRtp, 172, Some(40));
+        r.on_sent(Leg::OutRtcp, 80, Some(60));
+        r.on_send_failed(Leg::ListenRtp, libc::ECONNREFUSED, 9);
         assert_eq!(r.forward.rtp.bytes_sent, 172);
         assert_eq!(r.forward.rtcp.packets_sent, 1);
         assert_eq!(r.reverse.rtp.packets_sent, 0);
@@ -374,6 +423,14 @@ mod tests {
             0,
             "failed sends have no residence"
         );
+        // No client yet: the failure is counted but names no target.
+        assert_eq!(r.last_error(), None);
+        r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), &[0u8; 4], false, 10);
+        r.on_send_failed(Leg::ListenRtp, libc::ECONNREFUSED, 11);
+        let e = r.last_error().unwrap();
+        assert_eq!((e.to, e.at_us), (addr("192.0.2.1:5000"), 11));
+        assert!(e.to_string().contains("Connection refused"), "{e}");
+        assert_eq!(r.observe().send_errors, 2);
     }
 
     #[test]
@@ -447,7 +504,11 @@ mod tests {
                         let listen = matches!(leg, Leg::ListenRtp | Leg::ListenRtcp);
                         prop_assert_eq!(listen, matches!(via, Leg::OutRtp | Leg::OutRtcp));
                         prop_assert_eq!(leg.is_rtcp(), via.is_rtcp());
-                        r.on_sent(via, len, ok, None);
+                        if ok {
+                            r.on_sent(via, len, None);
+                        } else {
+                            r.on_send_failed(via, libc::ENOBUFS, 1);
+                        }
                     }
                     Verdict::Drop(_) => {}
                 }

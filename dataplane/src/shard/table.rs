@@ -337,6 +337,16 @@ impl SessionTable {
                 info!(session = %id, "no media for the idle timeout; closing");
                 self.begin_close(io, slot, CloseReason::Timeout, None, 4, false);
             }
+            Due::Error { new } => {
+                let last = entry
+                    .relay
+                    .last_error()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                let message = format!("{new} send(s) failed; last: {last}");
+                warn!(session = %id, "{message}");
+                self.emit(&id, EventKind::Error(message));
+            }
             Due::Alert {
                 kind,
                 direction,
@@ -466,6 +476,7 @@ impl SessionTable {
             destination: e.destination,
             client: e.relay.client(),
             client_rtcp: e.relay.client_rtcp(),
+            last_error: e.relay.last_error().map(|f| (f.to_string(), f.at_us)),
             listen_device: e.listen_device.clone(),
             connect_device: e.connect_device.clone(),
             created_us: e.created_us,
@@ -522,10 +533,11 @@ impl PacketHandler for SessionTable {
             return;
         }
         match result {
-            Ok(len) => entry.relay.on_sent(leg, len, true, residence_us),
+            Ok(len) => entry.relay.on_sent(leg, len, residence_us),
             Err(e) => {
                 debug!(session = %entry.id, error = %e, "send failed");
-                entry.relay.on_sent(leg, 0, false, None);
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                entry.relay.on_send_failed(leg, errno, unix_now_us());
             }
         }
     }
