@@ -59,6 +59,22 @@ fn ip(field: &str, address: &str, default: Option<IpAddr>) -> Result<IpAddr, Inv
             "{field}.address {ip} is a multicast address"
         )));
     }
+    if let IpAddr::V4(v4) = ip
+        && v4.is_broadcast()
+    {
+        return Err(Invalid(format!(
+            "{field}.address {ip} is the broadcast address"
+        )));
+    }
+    if let IpAddr::V6(v6) = ip
+        && v6.is_unicast_link_local()
+    {
+        // A link-local address is ambiguous without a scope (interface), which an Endpoint
+        // cannot carry; the kernel would refuse it with EINVAL.
+        return Err(Invalid(format!(
+            "{field}.address {ip} is link-local; use a global or unique-local address"
+        )));
+    }
     Ok(ip)
 }
 
@@ -179,6 +195,7 @@ pub fn options(
         monitor,
         clock_rates,
         drop_non_rtp,
+        ..SessionOptions::default()
     })
 }
 
@@ -331,6 +348,18 @@ mod tests {
             ),
             (|r| r.destination = ep("::1", 4000), "different IP families"),
             (|r| r.protocol = 9, "protocol 9"),
+            (
+                |r| r.listen = ep("fe80::1", 0),
+                "listen.address fe80::1 is link-local",
+            ),
+            (
+                |r| r.destination = ep("fe80::2", 4000),
+                "destination.address fe80::2 is link-local",
+            ),
+            (
+                |r| r.connect = ep("255.255.255.255", 0),
+                "connect.address 255.255.255.255 is the broadcast",
+            ),
         ];
         for (mutate, expected) in cases {
             let mut r = req();
