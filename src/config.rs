@@ -51,6 +51,9 @@ pub struct Cli {
     /// Accept listen/connect addresses no local interface owns (IP_FREEBIND).
     #[arg(long)]
     pub allow_nonlocal: bool,
+    /// Serve the rtpproxy control protocol here (udp:IP:PORT or udp6:[IP]:PORT; repeatable).
+    #[arg(long)]
+    pub rtpproxy_listen: Vec<String>,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -63,6 +66,7 @@ pub struct Config {
     pub media: Media,
     pub dataplane: Dataplane,
     pub sessions: Sessions,
+    pub rtpproxy: Rtpproxy,
     pub events: Events,
     pub log: Log,
 }
@@ -119,6 +123,35 @@ impl Sessions {
             jitter_ms: self.alert_jitter_ms,
             no_media_ms: self.alert_no_media_ms,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rtpproxy {
+    pub listen: Vec<String>,
+    pub allow: Vec<IpAddr>,
+    pub ttl_s: u64,
+}
+
+impl Rtpproxy {
+    /// The UDP addresses to listen on, from `udp:IP:PORT` / `udp6:[IP]:PORT`.
+    pub fn udp_addresses(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        self.listen
+            .iter()
+            .map(|spec| {
+                let addr = spec
+                    .strip_prefix("udp6:")
+                    .or_else(|| spec.strip_prefix("udp:"))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "rtpproxy.listen {spec:?}: only udp:IP:PORT and udp6:[IP]:PORT are supported"
+                        )
+                    })?;
+                addr.parse::<SocketAddr>()
+                    .with_context(|| format!("rtpproxy.listen {spec:?} is not udp:IP:PORT"))
+            })
+            .collect()
     }
 }
 
@@ -203,6 +236,9 @@ impl Config {
         if cli.allow_nonlocal {
             config.media.allow_nonlocal = true;
         }
+        if !cli.rtpproxy_listen.is_empty() {
+            config.rtpproxy.listen = cli.rtpproxy_listen.clone();
+        }
         config.check()?;
         Ok(config)
     }
@@ -215,6 +251,7 @@ impl Config {
                 self.media.port_max
             );
         }
+        self.rtpproxy.udp_addresses()?;
         if self.media.dscp > 63 {
             bail!("media.dscp {} is out of range 0-63", self.media.dscp);
         }
@@ -263,6 +300,19 @@ mod tests {
         assert!(Config::from_toml(Some("[media]\nport_min = 40000\nport_max = 30000\n")).is_err());
         assert!(Config::from_toml(Some("[dataplane]\nbuffers_per_shard = 1000\n")).is_err());
         assert!(Config::from_toml(Some("not toml [")).is_err());
+    }
+
+    #[test]
+    fn rtpproxy_listeners_parse() {
+        let c = Config::from_toml(Some(
+            "[rtpproxy]\nlisten = [\"udp:127.0.0.1:7722\", \"udp6:[::1]:7722\"]\n",
+        ))
+        .unwrap();
+        let addrs = c.rtpproxy.udp_addresses().unwrap();
+        assert_eq!(addrs[0], "127.0.0.1:7722".parse().unwrap());
+        assert_eq!(addrs[1], "[::1]:7722".parse().unwrap());
+        assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"unix:/run/x.sock\"]\n")).is_err());
+        assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"udp:nowhere\"]\n")).is_err());
     }
 
     #[test]

@@ -132,11 +132,23 @@ fn run(config: Config) -> anyhow::Result<()> {
         let server = tokio::spawn(rtprelay_control::serve(listener, service.clone(), async {
             let _ = server_stopped.await;
         }));
+        let (stop_rtpp, rtpp_stopped) = tokio::sync::watch::channel(false);
+        let rtpp_tasks = match start_rtpproxy(&config, &router, rtpp_stopped).await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                router.shutdown().await;
+                return Err(e);
+            }
+        };
         info!("rtprelay ready");
 
         let signal = wait_for_signal().await;
         info!(signal, "shutting down: closing every session");
         service.stop_accepting();
+        let _ = stop_rtpp.send(true);
+        for task in rtpp_tasks {
+            let _ = task.await;
+        }
         router.shutdown().await;
         events.close();
         let _ = stop_server.send(());
@@ -154,6 +166,56 @@ fn run(config: Config) -> anyhow::Result<()> {
         info!("rtprelay stopped");
     }
     result
+}
+
+/// Binds the configured rtpproxy control sockets and serves them until `stop` turns true.
+async fn start_rtpproxy(
+    config: &Config,
+    router: &Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use rtprelay_control::rtpproxy::executor::{Executor, ExecutorConfig};
+    use rtprelay_control::rtpproxy::server::{ListenerStats, serve_udp};
+    let addrs = config.rtpproxy.udp_addresses()?;
+    if addrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    // IPv6 streams (modifier 6) use the media address if it is IPv6, or ::1 beside a loopback
+    // IPv4 media address; otherwise they are refused (E36).
+    let address = config.media.address;
+    let media_v6 = if address.is_ipv6() {
+        Some(address)
+    } else if address.is_loopback() {
+        Some(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST))
+    } else {
+        None
+    };
+    let executor = Arc::new(Executor::new(
+        router.clone(),
+        ExecutorConfig {
+            media_v4: config.media.address,
+            media_v6,
+            ttl: Duration::from_secs(config.rtpproxy.ttl_s.max(1)),
+            defaults: config.sessions.defaults(),
+        },
+    ));
+    let mut tasks = Vec::new();
+    for addr in addrs {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding the rtpproxy control socket {addr}"))?;
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(serve_udp(
+            socket,
+            executor.clone(),
+            config.rtpproxy.allow.clone(),
+            Arc::new(ListenerStats::default()),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    Ok(tasks)
 }
 
 async fn wait_for_signal() -> &'static str {

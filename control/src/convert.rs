@@ -29,6 +29,7 @@ fn counters(c: &PacketCounters) -> v1::PacketCounters {
     let DropCounters {
         unexpected_source,
         no_client,
+        no_destination,
         send_error,
         truncated,
         not_rtp,
@@ -44,6 +45,7 @@ fn counters(c: &PacketCounters) -> v1::PacketCounters {
             send_error,
             truncated,
             not_rtp,
+            no_destination,
         }),
     }
 }

@@ -70,6 +70,22 @@ impl Router {
             .await
     }
 
+    pub async fn update(
+        &self,
+        id: String,
+        client: Option<std::net::SocketAddr>,
+        destination: Option<std::net::SocketAddr>,
+    ) -> Result<Option<SessionSnapshot>, Unavailable> {
+        let shard = shard_for(&id, self.shards.len());
+        self.ask(shard, |reply| Command::Update {
+            id,
+            client,
+            destination,
+            reply,
+        })
+        .await
+    }
+
     pub async fn get(&self, id: String) -> Result<Option<SessionSnapshot>, Unavailable> {
         let shard = shard_for(&id, self.shards.len());
         self.ask(shard, |reply| Command::Get { id, reply }).await

@@ -89,6 +89,14 @@ pub enum Command {
         id: String,
         reply: Reply<Option<SessionSnapshot>>,
     },
+    /// New signalled peer addresses (either may be `None` = unchanged); replies with the
+    /// session, or `None` if the ID is unknown.
+    Update {
+        id: String,
+        client: Option<std::net::SocketAddr>,
+        destination: Option<std::net::SocketAddr>,
+        reply: Reply<Option<SessionSnapshot>>,
+    },
     List {
         query: ListQuery,
         reply: Reply<ListPage>,

@@ -11,6 +11,8 @@ pub enum DropReason {
     UnexpectedSource,
     /// Arrived from the destination before the client's address was learned.
     NoClient,
+    /// Arrived from the client while the destination is not known yet (rtpproxy, before L).
+    NoDestination,
     /// The kernel refused the send.
     SendError,
     /// Larger than the receive buffer.
@@ -24,6 +26,7 @@ pub enum DropReason {
 pub struct DropCounters {
     pub unexpected_source: u64,
     pub no_client: u64,
+    pub no_destination: u64,
     pub send_error: u64,
     pub truncated: u64,
     pub not_rtp: u64,
@@ -31,13 +34,19 @@ pub struct DropCounters {
 
 impl DropCounters {
     pub fn total(&self) -> u64 {
-        self.unexpected_source + self.no_client + self.send_error + self.truncated + self.not_rtp
+        self.unexpected_source
+            + self.no_client
+            + self.no_destination
+            + self.send_error
+            + self.truncated
+            + self.not_rtp
     }
 
     fn count(&mut self, reason: DropReason) {
         let slot = match reason {
             DropReason::UnexpectedSource => &mut self.unexpected_source,
             DropReason::NoClient => &mut self.no_client,
+            DropReason::NoDestination => &mut self.no_destination,
             DropReason::SendError => &mut self.send_error,
             DropReason::Truncated => &mut self.truncated,
             DropReason::NotRtp => &mut self.not_rtp,

@@ -17,10 +17,12 @@ pub mod cache;
 pub mod capabilities;
 pub mod command;
 pub mod error;
+pub mod executor;
 mod fields;
 pub mod frame;
 pub mod parse;
 pub mod reply;
+pub mod server;
 pub mod session_id;
 
 #[cfg(test)]

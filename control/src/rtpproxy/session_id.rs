@@ -19,6 +19,11 @@
 
 use super::command::{StreamRef, Tag};
 
+/// Prefix of readable rtpproxy session IDs.
+pub const PLAIN_PREFIX: &str = "rtpp:";
+/// Prefix of hashed rtpproxy session IDs.
+pub const HASHED_PREFIX: &str = "rtph:";
+
 /// Longest session ID the relay accepts (see `validate::MAX_ID_LEN`).
 pub const MAX_ID_LEN: usize = 128;
 
@@ -53,10 +58,10 @@ pub fn prefix(call_id: &str, tag: &str) -> String {
         && !tag.contains(':')
         && "rtpp:".len() + call_id.len() + 1 + tag.len() + INDEX_ROOM <= MAX_ID_LEN;
     if readable {
-        format!("rtpp:{call_id}:{tag}:")
+        format!("{PLAIN_PREFIX}{call_id}:{tag}:")
     } else {
         let hash = fnv1a_128(&[call_id.as_bytes(), tag.as_bytes()]);
-        format!("rtph:{hash:032x}:")
+        format!("{HASHED_PREFIX}{hash:032x}:")
     }
 }
 

@@ -2,6 +2,7 @@
 //! forwarding decision for each received packet (see [`udp::UdpRelay`]).
 
 pub mod monitor;
+pub mod peer;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -70,6 +71,10 @@ pub struct SessionOptions {
     pub clock_rates: Vec<(u8, u32)>,
     /// Drop packets that are not valid RTP/RTCP instead of relaying them.
     pub drop_non_rtp: bool,
+    /// How the peers' addresses are learned (gRPC: strict; rtpproxy: symmetric or asymmetric).
+    pub latching: peer::Latching,
+    /// The client's address as signalled, before it sends (rtpproxy U); `None` = learn it.
+    pub client: Option<SocketAddr>,
 }
 
 /// A point-in-time copy of a session, safe to send to another thread.

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use super::Leg;
+use super::peer::{Latching, Peer};
 use crate::rtp::{self, PacketClass, SessionMedia};
 use crate::stats::{DirectionStats, DropReason, PacketCounters, Residence};
 
@@ -22,10 +23,9 @@ pub enum Verdict {
 /// Per-session relay state: the endpoints, the learned client addresses and the counters.
 #[derive(Debug, Clone)]
 pub struct UdpRelay {
-    destination: SocketAddr,
-    destination_rtcp: SocketAddr,
-    client: Option<SocketAddr>,
-    client_rtcp: Option<SocketAddr>,
+    latching: Latching,
+    client: Peer,
+    destination: Peer,
     pub forward: DirectionStats,
     pub reverse: DirectionStats,
     pub forward_residence: Residence,
@@ -59,16 +59,22 @@ impl std::fmt::Display for SendFailure {
 }
 
 impl UdpRelay {
-    /// `destination` is the RTP destination; its RTCP goes to port + 1 (validated by the caller
-    /// to be at most 65534).
+    /// A session relaying to `destination` (RTCP to its port + 1; validated by the caller to be
+    /// at most 65534) with the gRPC policy: fixed destination, client learned.
     pub fn new(destination: SocketAddr) -> Self {
-        let mut destination_rtcp = destination;
-        destination_rtcp.set_port(destination.port().wrapping_add(1));
+        Self::with_peers(Latching::Strict, None, Some(destination))
+    }
+
+    /// A session with signalled peer addresses (either may be unknown) and a latching policy.
+    pub fn with_peers(
+        latching: Latching,
+        client: Option<SocketAddr>,
+        destination: Option<SocketAddr>,
+    ) -> Self {
         Self {
-            destination,
-            destination_rtcp,
-            client: None,
-            client_rtcp: None,
+            latching,
+            client: Peer::signalled(client),
+            destination: Peer::signalled(destination),
             forward: DirectionStats::default(),
             reverse: DirectionStats::default(),
             forward_residence: Residence::default(),
@@ -88,14 +94,29 @@ impl UdpRelay {
         self.drop_non_rtp = drop_non_rtp;
     }
 
-    /// The client's RTP address, once latched.
+    /// The client's RTP address: learned, or as signalled.
     pub fn client(&self) -> Option<SocketAddr> {
-        self.client
+        self.client.rtp()
     }
 
-    /// The client's RTCP address, once latched.
+    /// The client's RTCP address, once it has sent RTCP.
     pub fn client_rtcp(&self) -> Option<SocketAddr> {
-        self.client_rtcp
+        self.client.rtcp_learned()
+    }
+
+    /// The destination's RTP address: as signalled or learned; `None` while unknown.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.destination.rtp()
+    }
+
+    /// New signalled addresses (an rtpproxy U/L for a re-INVITE); each is learned again.
+    pub fn resignal(&mut self, client: Option<SocketAddr>, destination: Option<SocketAddr>) {
+        if let Some(c) = client.and_then(super::peer::known) {
+            self.client.resignal(c);
+        }
+        if let Some(d) = destination.and_then(super::peer::known) {
+            self.destination.resignal(d);
+        }
     }
 
     /// Decides the fate of a packet of `len` bytes that arrived on `leg` from `from` at `now_us`.
@@ -125,7 +146,7 @@ impl UdpRelay {
         };
         if matches!(
             verdict,
-            Verdict::Send { .. } | Verdict::Drop(DropReason::NoClient)
+            Verdict::Send { .. } | Verdict::Drop(DropReason::NoClient | DropReason::NoDestination)
         ) {
             let dir = match leg {
                 Leg::ListenRtp | Leg::ListenRtcp => rtp::Direction::Forward,
@@ -157,39 +178,36 @@ impl UdpRelay {
     }
 
     fn route(&mut self, leg: Leg, from: SocketAddr) -> Verdict {
+        let rtcp = leg.is_rtcp();
+        let policy = self.latching;
         match leg {
-            Leg::ListenRtp => {
-                self.client.get_or_insert(from);
-                Verdict::Send {
-                    via: Leg::OutRtp,
-                    to: self.destination,
+            Leg::ListenRtp | Leg::ListenRtcp => {
+                // Anything sent to the listen port is forwarded (a NATed phone may rebind); the
+                // client's address is learned per the policy.
+                self.client.heard(rtcp, from, policy);
+                let via = if rtcp { Leg::OutRtcp } else { Leg::OutRtp };
+                match self.destination.target(rtcp) {
+                    Some(to) => Verdict::Send { via, to },
+                    None => Verdict::Drop(DropReason::NoDestination),
                 }
             }
-            Leg::ListenRtcp => {
-                self.client_rtcp.get_or_insert(from);
-                Verdict::Send {
-                    via: Leg::OutRtcp,
-                    to: self.destination_rtcp,
+            Leg::OutRtp | Leg::OutRtcp => {
+                if !self.destination.accepts(rtcp, from, policy) {
+                    return Verdict::Drop(DropReason::UnexpectedSource);
+                }
+                if policy != Latching::Strict {
+                    self.destination.heard(rtcp, from, policy);
+                }
+                let via = if rtcp {
+                    Leg::ListenRtcp
+                } else {
+                    Leg::ListenRtp
+                };
+                match self.client.target(rtcp) {
+                    Some(to) => Verdict::Send { via, to },
+                    None => Verdict::Drop(DropReason::NoClient),
                 }
             }
-            Leg::OutRtp if from != self.destination => Verdict::Drop(DropReason::UnexpectedSource),
-            Leg::OutRtcp if from != self.destination_rtcp => {
-                Verdict::Drop(DropReason::UnexpectedSource)
-            }
-            Leg::OutRtp => match self.client {
-                Some(to) => Verdict::Send {
-                    via: Leg::ListenRtp,
-                    to,
-                },
-                None => Verdict::Drop(DropReason::NoClient),
-            },
-            Leg::OutRtcp => match self.reverse_rtcp_target() {
-                Some(to) => Verdict::Send {
-                    via: Leg::ListenRtcp,
-                    to,
-                },
-                None => Verdict::Drop(DropReason::NoClient),
-            },
         }
     }
 
@@ -209,10 +227,8 @@ impl UdpRelay {
     pub fn on_send_failed(&mut self, via: Leg, errno: i32, now_us: u64) {
         self.sender_counters(via).dropped(DropReason::SendError);
         let to = match via {
-            Leg::OutRtp => Some(self.destination),
-            Leg::OutRtcp => Some(self.destination_rtcp),
-            Leg::ListenRtp => self.client,
-            Leg::ListenRtcp => self.reverse_rtcp_target(),
+            Leg::OutRtp | Leg::OutRtcp => self.destination.target(via.is_rtcp()),
+            Leg::ListenRtp | Leg::ListenRtcp => self.client.target(via.is_rtcp()),
         };
         if let Some(to) = to {
             self.last_error = Some(SendFailure {
@@ -251,14 +267,6 @@ impl UdpRelay {
             Leg::ListenRtp => &mut self.reverse.rtp,
             Leg::ListenRtcp => &mut self.reverse.rtcp,
         }
-    }
-
-    fn reverse_rtcp_target(&self) -> Option<SocketAddr> {
-        self.client_rtcp.or_else(|| {
-            let mut rtp = self.client?;
-            rtp.set_port(rtp.port().checked_add(1)?);
-            Some(rtp)
-        })
     }
 }
 

@@ -274,6 +274,14 @@ fn handle(shard: &Rc<RefCell<Shard>>, cmd: Command) {
         Command::Get { id, reply } => {
             let _ = reply.send(table.get(&id));
         }
+        Command::Update {
+            id,
+            client,
+            destination,
+            reply,
+        } => {
+            let _ = reply.send(table.update(&id, client, destination));
+        }
         Command::List { query, reply } => {
             let _ = reply.send(table.list(&query));
         }

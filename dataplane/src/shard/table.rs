@@ -54,6 +54,8 @@ struct Entry {
     sockets: [Option<Socket>; 4],
     closing: Option<Closing>,
     monitor: Monitor,
+    /// Last control-plane refresh (rtpproxy U/L), counted as activity for the idle timeout.
+    refreshed_us: u64,
 }
 
 /// The sessions of one shard.
@@ -169,6 +171,7 @@ impl SessionTable {
         let created_us = unix_now_us();
         let entry = Entry {
             monitor: Monitor::new(spec.options.monitor.clone(), created_us),
+            refreshed_us: created_us,
             id: spec.id.clone(),
             generation: self.next_generation,
             listen: listen_addr,
@@ -178,7 +181,11 @@ impl SessionTable {
             connect_device,
             created_us,
             relay: {
-                let mut relay = UdpRelay::new(spec.destination);
+                let mut relay = UdpRelay::with_peers(
+                    spec.options.latching,
+                    spec.options.client,
+                    Some(spec.destination),
+                );
                 relay.configure(&spec.options.clock_rates, spec.options.drop_non_rtp);
                 relay
             },
@@ -255,6 +262,21 @@ impl SessionTable {
         }
     }
 
+    /// New signalled peer addresses for `id` (rtpproxy U/L on a re-INVITE); also counts as
+    /// activity for the idle timeout, as rtpproxy's U/L refresh its TTL.
+    pub fn update(
+        &mut self,
+        id: &str,
+        client: Option<SocketAddr>,
+        destination: Option<SocketAddr>,
+    ) -> Option<SessionSnapshot> {
+        let slot = self.open_slot(id)?;
+        let entry = self.sessions[slot as usize].as_mut()?;
+        entry.relay.resignal(client, destination);
+        entry.refreshed_us = unix_now_us();
+        Some(self.snapshot(slot, SessionState::Forwarding))
+    }
+
     pub fn get(&self, id: &str) -> Option<SessionSnapshot> {
         self.open_slot(id)
             .map(|slot| self.snapshot(slot, SessionState::Forwarding))
@@ -307,7 +329,7 @@ impl SessionTable {
                     .forward
                     .last_activity_us
                     .max(entry.relay.reverse.last_activity_us)
-                    .max(entry.created_us),
+                    .max(entry.refreshed_us),
                 ..entry.relay.observe()
             };
             due.clear();
@@ -473,7 +495,7 @@ impl SessionTable {
             state,
             listen: e.listen,
             connect: e.connect,
-            destination: e.destination,
+            destination: e.relay.destination().unwrap_or(e.destination),
             client: e.relay.client(),
             client_rtcp: e.relay.client_rtcp(),
             last_error: e.relay.last_error().map(|f| (f.to_string(), f.at_us)),

@@ -1,0 +1,369 @@
+//! Carrying out parsed rtpproxy commands on the relay's shards.
+//!
+//! One rtpproxy stream (call-ID, from-tag, media index) is one relay session, named by
+//! [`session_id`]. The caller's side is the session's listen side and the callee's side its
+//! connect side: `U` (from the caller's INVITE) creates the session with both port pairs and
+//! answers the connect port, which the proxy puts into the SDP towards the callee; `L` (from the
+//! callee's answer) answers the listen port, which goes to the caller. Both sides' addresses are
+//! taken from the commands and then learned from the first packets (symmetric latching), unless
+//! the command says `a` (asymmetric).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rtprelay_dataplane::session::peer::Latching;
+use rtprelay_dataplane::{CreateError, ListQuery, Protocol, SessionSnapshot, SessionSpec};
+use tracing::{info, warn};
+
+use super::command::{Command, LocalAddress, StreamRef, UpdateLookup};
+use super::error::ErrorCode;
+use super::reply::{Info, QueryCounters, Reply, StatValue};
+use super::{capabilities, session_id};
+use crate::router::Router;
+use crate::validate::{self, SessionDefaults};
+
+/// What the executor needs to know about the relay.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Local media address for IPv4 streams (also announced in replies).
+    pub media_v4: IpAddr,
+    /// Local media address for IPv6 streams, if the relay has one.
+    pub media_v6: Option<IpAddr>,
+    /// A stream without media for this long expires (rtpproxy's TTL); U/L refresh it.
+    pub ttl: Duration,
+    pub defaults: SessionDefaults,
+}
+
+/// Executes commands; shared by all control sockets.
+pub struct Executor {
+    router: Router,
+    cfg: ExecutorConfig,
+    created: AtomicU64,
+}
+
+/// Which side of an existing session a command speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The from-tag names the session: the caller.
+    Caller,
+    /// The to-tag names the session: the callee, with tags swapped.
+    Callee,
+}
+
+impl Executor {
+    pub fn new(router: Router, cfg: ExecutorConfig) -> Self {
+        Self {
+            router,
+            cfg,
+            created: AtomicU64::new(0),
+        }
+    }
+
+    pub async fn execute(&self, cmd: Command) -> Reply {
+        match cmd {
+            Command::Version => Reply::Version,
+            Command::VersionFeature { date } => Reply::Feature(capabilities::supports(&date)),
+            Command::Update(u) => self.update_or_lookup(u, false).await,
+            Command::Lookup(u) => self.update_or_lookup(u, true).await,
+            Command::Delete { stream, .. } => self.delete(&stream).await,
+            Command::Query {
+                stream,
+                verbose,
+                stats,
+            } => {
+                if !stats.is_empty() {
+                    return Reply::Error(ErrorCode::QueryFailed);
+                }
+                self.query(&stream, verbose).await
+            }
+            Command::Info { .. } => self.info().await,
+            Command::GetStats { verbose, names } => self.global_stats(verbose, names).await,
+            Command::DeleteAll => self.delete_all().await,
+            // Prompts, recording and copying are not implemented: answer a precise error
+            // rather than pretend (the VF probes for them answer 0).
+            Command::Play { .. } | Command::StopPlay { .. } => Reply::Error(ErrorCode::PlayFailed),
+            Command::Record { .. } | Command::Copy { .. } | Command::NoRecord { .. } => {
+                Reply::Error(ErrorCode::CopyFailed)
+            }
+        }
+    }
+
+    /// Finds the session of `stream`: by the from-tag first (the caller's own command), then by
+    /// the to-tag (the callee speaking, tags swapped), as rtpproxy searches.
+    async fn find(&self, stream: &StreamRef) -> Result<Option<(Side, SessionSnapshot)>, ErrorCode> {
+        for (i, id) in session_id::candidates(stream).into_iter().enumerate() {
+            let found = self
+                .router
+                .get(id)
+                .await
+                .map_err(|_| ErrorCode::ShuttingDown)?;
+            if let Some(s) = found {
+                return Ok(Some((if i == 0 { Side::Caller } else { Side::Callee }, s)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn local_ip(&self, u: &UpdateLookup) -> Result<IpAddr, ErrorCode> {
+        match u.modifiers.local {
+            Some(LocalAddress::Bind(ip)) => Ok(ip),
+            Some(LocalAddress::RouteTo(_)) => Err(ErrorCode::NoRouteToRemote),
+            None if u.modifiers.ipv6 || u.remote.is_ipv6() => {
+                self.cfg.media_v6.ok_or(ErrorCode::NoAddressForFamily)
+            }
+            None => Ok(self.cfg.media_v4),
+        }
+    }
+
+    async fn update_or_lookup(&self, u: UpdateLookup, lookup: bool) -> Reply {
+        if u.modifiers.ptime_ms.is_some() {
+            // Repacketization is not implemented (VF 20071116 answers 0).
+            return Reply::Error(ErrorCode::UnknownModifier);
+        }
+        let remote = u.remote_known();
+        let found = match self.find(&u.stream).await {
+            Ok(f) => f,
+            Err(code) => return Reply::Error(code),
+        };
+        let port_reply = |s: &SessionSnapshot, listen_side: bool| {
+            let a = if listen_side { s.listen } else { s.connect };
+            Reply::Port {
+                port: a.port(),
+                addr: Some(a.ip()),
+            }
+        };
+        match found {
+            // The command's own side: U names the caller (reply: where the callee sends),
+            // L names the callee (reply: where the caller sends). With swapped tags, mirrored.
+            Some((side, s)) => {
+                let caller_speaks = (side == Side::Caller) != lookup;
+                let (client, destination) = if caller_speaks {
+                    (remote, None)
+                } else {
+                    (None, remote)
+                };
+                if let Err(e) = self.router.update(s.id.clone(), client, destination).await {
+                    warn!(error = %e, "rtpproxy update failed");
+                    return Reply::Error(ErrorCode::ShuttingDown);
+                }
+                port_reply(&s, !caller_speaks)
+            }
+            None if lookup => Reply::Ok,
+            None => self
+                .create(&u, remote)
+                .await
+                .map_or_else(Reply::Error, |s| port_reply(&s, false)),
+        }
+    }
+
+    async fn create(
+        &self,
+        u: &UpdateLookup,
+        remote: Option<SocketAddr>,
+    ) -> Result<SessionSnapshot, ErrorCode> {
+        let local = self.local_ip(u)?;
+        let unknown = if local.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let mut options =
+            validate::options(None, &self.cfg.defaults).map_err(|_| ErrorCode::OutOfMemory)?;
+        options.monitor.idle_timeout = Some(self.cfg.ttl);
+        options.latching = if u.modifiers.asymmetric {
+            Latching::Asymmetric
+        } else {
+            Latching::Symmetric
+        };
+        options.client = remote;
+        let id = session_id::session_id(&u.stream.call_id, &u.stream.from_tag);
+        let spec = SessionSpec {
+            id: id.clone(),
+            protocol: Protocol::Udp,
+            listen: SocketAddr::new(local, 0),
+            connect: SocketAddr::new(local, 0),
+            destination: SocketAddr::new(unknown, 0),
+            options,
+        };
+        match self.router.create(spec).await {
+            Ok(Ok(s)) => {
+                self.created.fetch_add(1, Ordering::Relaxed);
+                info!(session = %id, listen = %s.listen, connect = %s.connect, "rtpproxy stream created");
+                Ok(s)
+            }
+            Ok(Err(e)) => {
+                warn!(session = %id, error = %e, "rtpproxy create refused");
+                Err(match e {
+                    CreateError::PortsExhausted { .. } | CreateError::TooManySockets => {
+                        ErrorCode::ListenerFailed
+                    }
+                    CreateError::NotLocal { .. } => ErrorCode::LocalAddressUnavailable,
+                    CreateError::ShuttingDown => ErrorCode::ShuttingDown,
+                    _ => ErrorCode::ListenerBindFailed,
+                })
+            }
+            Err(_) => Err(ErrorCode::ShuttingDown),
+        }
+    }
+
+    async fn delete(&self, stream: &StreamRef) -> Reply {
+        let mut tags = vec![&stream.from_tag];
+        tags.extend(stream.to_tag.as_ref());
+        for tag in tags {
+            let ids = match tag.media {
+                Some(_) => vec![session_id::session_id(&stream.call_id, tag)],
+                None => match self
+                    .ids_with_prefix(&session_id::prefix(&stream.call_id, &tag.tag))
+                    .await
+                {
+                    Ok(ids) => ids,
+                    Err(code) => return Reply::Error(code),
+                },
+            };
+            let mut deleted = false;
+            for id in ids {
+                if let Ok(Some(_)) = self.router.destroy(id).await {
+                    deleted = true;
+                }
+            }
+            if deleted {
+                return Reply::Ok;
+            }
+        }
+        Reply::Error(ErrorCode::SessionUnknown)
+    }
+
+    async fn query(&self, stream: &StreamRef, verbose: bool) -> Reply {
+        let (side, s) = match self.find(stream).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Reply::Error(ErrorCode::SessionUnknown),
+            Err(code) => return Reply::Error(code),
+        };
+        let received = |d: &rtprelay_dataplane::stats::DirectionStats| {
+            d.rtp.packets_received + d.rtcp.packets_received
+        };
+        let (ina, ino) = match side {
+            Side::Caller => (received(&s.forward), received(&s.reverse)),
+            Side::Callee => (received(&s.reverse), received(&s.forward)),
+        };
+        let sent = [s.forward.rtp, s.forward.rtcp, s.reverse.rtp, s.reverse.rtcp];
+        let last = s
+            .forward
+            .last_activity_us
+            .max(s.reverse.last_activity_us)
+            .max(s.created_us);
+        let idle_s = rtprelay_dataplane::time::unix_now_us().saturating_sub(last) / 1_000_000;
+        Reply::Query {
+            verbose,
+            counters: QueryCounters {
+                ttl: self.cfg.ttl.as_secs().saturating_sub(idle_s) as u32,
+                npkts_ina: ina,
+                npkts_ino: ino,
+                nrelayed: sent.iter().map(|c| c.packets_sent).sum(),
+                ndropped: sent.iter().map(|c| c.dropped.total()).sum(),
+            },
+        }
+    }
+
+    /// Every rtpproxy session (both ID forms).
+    async fn rtpproxy_sessions(&self) -> Result<Vec<SessionSnapshot>, ErrorCode> {
+        let mut all = Vec::new();
+        for prefix in [session_id::PLAIN_PREFIX, session_id::HASHED_PREFIX] {
+            let query = ListQuery {
+                prefix: prefix.to_owned(),
+                after: None,
+                limit: usize::MAX,
+            };
+            let pages = self
+                .router
+                .list_all(query)
+                .await
+                .map_err(|_| ErrorCode::ShuttingDown)?;
+            all.extend(pages.into_iter().flat_map(|p| p.sessions));
+        }
+        Ok(all)
+    }
+
+    async fn ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, ErrorCode> {
+        let query = ListQuery {
+            prefix: prefix.to_owned(),
+            after: None,
+            limit: usize::MAX,
+        };
+        let pages = self
+            .router
+            .list_all(query)
+            .await
+            .map_err(|_| ErrorCode::ShuttingDown)?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.sessions)
+            .map(|s| s.id)
+            .collect())
+    }
+
+    async fn info(&self) -> Reply {
+        let sessions = match self.rtpproxy_sessions().await {
+            Ok(s) => s,
+            Err(code) => return Reply::Error(code),
+        };
+        let (rcvd, sent) = totals(&sessions);
+        Reply::Info(Info {
+            sessions_created: self.created.load(Ordering::Relaxed),
+            active_sessions: sessions.len() as u64,
+            active_streams: 2 * sessions.len() as u64,
+            packets_received: rcvd,
+            packets_transmitted: sent,
+            average_load: None,
+        })
+    }
+
+    async fn global_stats(&self, verbose: bool, names: Vec<String>) -> Reply {
+        let sessions = match self.rtpproxy_sessions().await {
+            Ok(s) => s,
+            Err(code) => return Reply::Error(code),
+        };
+        let (rcvd, sent) = totals(&sessions);
+        let known = [
+            ("nsess_created", self.created.load(Ordering::Relaxed)),
+            ("nsess_active", sessions.len() as u64),
+            ("npkts_rcvd", rcvd),
+            ("npkts_relayed", sent),
+        ];
+        let wanted: Vec<&str> = if names.is_empty() {
+            known.iter().map(|k| k.0).collect()
+        } else {
+            names.iter().map(String::as_str).collect()
+        };
+        let mut values = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            match known.iter().find(|k| k.0 == name) {
+                Some(&(n, v)) => values.push((n.to_owned(), StatValue::Count(v))),
+                None => return Reply::Error(ErrorCode::StatsFailed),
+            }
+        }
+        Reply::Stats { verbose, values }
+    }
+
+    async fn delete_all(&self) -> Reply {
+        let sessions = match self.rtpproxy_sessions().await {
+            Ok(s) => s,
+            Err(code) => return Reply::Error(code),
+        };
+        for s in sessions {
+            let _ = self.router.destroy(s.id).await;
+        }
+        Reply::Ok
+    }
+}
+
+fn totals(sessions: &[SessionSnapshot]) -> (u64, u64) {
+    sessions.iter().fold((0, 0), |(r, t), s| {
+        let c = [s.forward.rtp, s.forward.rtcp, s.reverse.rtp, s.reverse.rtcp];
+        (
+            r + c.iter().map(|c| c.packets_received).sum::<u64>(),
+            t + c.iter().map(|c| c.packets_sent).sum::<u64>(),
+        )
+    })
+}

@@ -1,0 +1,234 @@
+//! The rtpproxy control protocol against the real relay over UDP: Kamailio's exact handshake and
+//! call commands, media through both sides with symmetric latching, retransmissions, queries,
+//! deletion, errors, and the same call visible over gRPC.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use rtprelay_proto::v1;
+
+struct Controller {
+    sock: UdpSocket,
+    relay: SocketAddr,
+}
+
+impl Controller {
+    fn new(relay: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Self { sock, relay }
+    }
+
+    /// Sends `cookie command` and returns the reply without the cookie and newline.
+    fn ask(&self, cookie: &str, command: &str) -> String {
+        self.sock
+            .send_to(format!("{cookie} {command}").as_bytes(), self.relay)
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = self.sock.recv_from(&mut buf).expect("rtpproxy reply");
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            text.ends_with('\n'),
+            "reply must end with a newline: {text:?}"
+        );
+        let rest = text
+            .strip_prefix(&format!("{cookie} "))
+            .unwrap_or_else(|| panic!("cookie missing in {text:?}"));
+        rest.trim_end().to_owned()
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn port_of(reply: &str) -> u16 {
+    let mut it = reply.split(' ');
+    let port = it
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a port reply: {reply:?}"));
+    assert_eq!(it.next(), Some("127.0.0.1"), "{reply:?}");
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamailio_transcript_relays_a_call_and_is_visible_over_grpc() {
+    let ctl_port = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl_port}");
+    let (relay, mut grpc) = Relay::start(2, &["--rtpproxy-listen", &listen]).await;
+    let kam = Controller::new(format!("127.0.0.1:{ctl_port}").parse().unwrap());
+
+    // Kamailio 5.6's handshake, as observed.
+    assert_eq!(kam.ask("29816_0", "V"), "20040107");
+    assert_eq!(kam.ask("29816_1", "VF 20050322"), "1");
+    assert_eq!(kam.ask("29816_2", "VF 20071116"), "0");
+    assert_eq!(kam.ask("29816_3", "VF 20081102"), "1");
+
+    // Caller and callee media sockets; the caller's SDP port is not where it really sends from
+    // (NAT), so the relay must latch.
+    let caller = udp(0);
+    let callee = udp(0);
+    let caller_sdp_port = 15070;
+    let callee_port = callee.local_addr().unwrap().port();
+    let call = "1-29838@127.0.0.1";
+    let u = kam.ask(
+        "29816_4",
+        &format!("U {call} 127.0.0.1 {caller_sdp_port} 29838E2ETag1;1"),
+    );
+    let to_callee = port_of(&u);
+    // A retransmission of the same datagram is answered from the cache, not executed again.
+    assert_eq!(
+        kam.ask(
+            "29816_4",
+            &format!("U {call} 127.0.0.1 {caller_sdp_port} 29838E2ETag1;1")
+        ),
+        u
+    );
+    // Another worker process (other source port) sends L.
+    let worker2 = Controller::new(kam.relay);
+    let l = worker2.ask(
+        "29815_4",
+        &format!("L {call} 127.0.0.1 {callee_port} 29838E2ETag1;1 29831E2EUas1;1"),
+    );
+    let to_caller = port_of(&l);
+    assert_ne!(to_callee, to_caller);
+    for p in [to_callee, to_caller] {
+        assert!(
+            p % 2 == 0 && p >= relay.port_min && p <= relay.port_max,
+            "port {p} outside the media range"
+        );
+    }
+
+    // Media both ways through the relay.
+    let relay_ip = "127.0.0.1";
+    let fwd = rtp(0, 1, 160, 0xca11, 160);
+    caller.send_to(&fwd, (relay_ip, to_caller)).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = callee
+        .recv_from(&mut buf)
+        .expect("caller's media reaches the callee");
+    assert_eq!((&buf[..n], from.port()), (&fwd[..], to_callee));
+    let back = rtp(0, 7, 960, 0xca1e, 160);
+    callee.send_to(&back, (relay_ip, to_callee)).unwrap();
+    let (n, from) = caller
+        .recv_from(&mut buf)
+        .expect("callee's media reaches the latched caller");
+    assert_eq!((&buf[..n], from.port()), (&back[..], to_caller));
+
+    // Q: packets from this side, from the other side, relayed, dropped.
+    let q = kam.ask(
+        "29816_5",
+        &format!("Q {call} 29838E2ETag1;1 29831E2EUas1;1"),
+    );
+    let fields: Vec<u64> = q.split(' ').map(|f| f.parse().unwrap()).collect();
+    assert_eq!(&fields[1..], &[1, 1, 2, 0], "Q reply {q:?}");
+    assert!(fields[0] > 50 && fields[0] <= 60, "ttl {q:?}");
+
+    // The same stream over gRPC.
+    let list = grpc
+        .list_sessions(v1::ListSessionsRequest {
+            id_prefix: "rtpp:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 1, "one stream, even after the retransmitted U");
+    let s = &list.sessions[0];
+    assert_eq!(s.session_id, format!("rtpp:{call}:29838E2ETag1:1"));
+    assert_eq!(
+        addr_of(&s.client),
+        caller.local_addr().unwrap(),
+        "latched, not the SDP port"
+    );
+    assert_eq!(
+        s.forward
+            .as_ref()
+            .unwrap()
+            .rtp
+            .as_ref()
+            .unwrap()
+            .packets_sent,
+        1
+    );
+    assert_eq!(
+        s.reverse
+            .as_ref()
+            .unwrap()
+            .rtp
+            .as_ref()
+            .unwrap()
+            .packets_sent,
+        1
+    );
+
+    // BYE: D carries the tags without ;1.
+    assert_eq!(
+        worker2.ask("29815_5", &format!("D {call} 29838E2ETag1 29831E2EUas1")),
+        "0"
+    );
+    let list = grpc
+        .list_sessions(v1::ListSessionsRequest {
+            id_prefix: "rtpp:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 0, "D deletes the stream");
+    assert_eq!(
+        worker2.ask("29815_6", &format!("D {call} 29838E2ETag1 29831E2EUas1")),
+        "E50"
+    );
+    assert_eq!(
+        kam.ask("x1", &format!("L {call} 127.0.0.1 5000 nobody;1 none;1")),
+        "0",
+        "L never creates"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_precise_errors_and_change_nothing() {
+    let ctl_port = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl_port}");
+    let (relay, mut grpc) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
+    let c = Controller::new(format!("127.0.0.1:{ctl_port}").parse().unwrap());
+    let cases = [
+        ("Z", "E0"),
+        ("U", "E1"),
+        ("Uq c 127.0.0.1 4000 t;1", "E35"),
+        ("U c 127.0.0.1 99999 t;1", "E37"),
+        ("Uz20 c 127.0.0.1 4000 t;1", "E35"),
+        ("R c t", "E65"),
+        ("P c prompt session t", "E60"),
+        ("D unknown t", "E50"),
+    ];
+    for (i, (cmd, want)) in cases.iter().enumerate() {
+        let got = c.ask(&format!("e{i}"), cmd);
+        assert_eq!(&got, want, "{cmd:?}");
+        let n: u32 = got[1..].parse().unwrap();
+        assert!(
+            !(7..=10).contains(&n),
+            "E7-E10 would disable the node in OpenSIPS"
+        );
+    }
+    let list = grpc
+        .list_sessions(v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 0, "no failed command left a session behind");
+    assert!(
+        relay.log_text().contains("rtpproxy command failed"),
+        "errors are logged"
+    );
+}
