@@ -62,6 +62,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    pub interfaces: Vec<Interface>,
     pub control: Control,
     pub media: Media,
     pub dataplane: Dataplane,
@@ -69,6 +70,44 @@ pub struct Config {
     pub rtpproxy: Rtpproxy,
     pub events: Events,
     pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    pub address: IpAddr,
+    pub advertised: Option<IpAddr>,
+    pub port_min: Option<u16>,
+    pub port_max: Option<u16>,
+    pub dscp: Option<u8>,
+}
+
+impl Interface {
+    /// The data plane's view, with the port range checked.
+    pub fn media(&self) -> anyhow::Result<rtprelay_dataplane::config::MediaInterface> {
+        let ports = match (self.port_min, self.port_max) {
+            (Some(lo), Some(hi)) => Some(
+                rtprelay_dataplane::ports::PortRange::new(lo, hi)
+                    .with_context(|| format!("interface {:?}", self.name))?,
+            ),
+            (None, None) => None,
+            _ => bail!(
+                "interface {:?}: give both port_min and port_max, or neither",
+                self.name
+            ),
+        };
+        if self.dscp.is_some_and(|d| d > 63) {
+            bail!("interface {:?}: dscp is out of range 0-63", self.name);
+        }
+        Ok(rtprelay_dataplane::config::MediaInterface {
+            name: self.name.clone(),
+            address: self.address,
+            advertised: self.advertised,
+            ports,
+            dscp: self.dscp,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +291,15 @@ impl Config {
             );
         }
         self.rtpproxy.udp_addresses()?;
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            iface.media()?;
+            if self.interfaces[..i]
+                .iter()
+                .any(|o| o.name == iface.name || o.address == iface.address)
+            {
+                bail!("interface {:?}: name or address used twice", iface.name);
+            }
+        }
         if self.media.dscp > 63 {
             bail!("media.dscp {} is out of range 0-63", self.media.dscp);
         }
@@ -313,6 +361,18 @@ mod tests {
         assert_eq!(addrs[1], "[::1]:7722".parse().unwrap());
         assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"unix:/run/x.sock\"]\n")).is_err());
         assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"udp:nowhere\"]\n")).is_err());
+    }
+
+    #[test]
+    fn interfaces_are_checked() {
+        let good = "[[interfaces]]\nname = \"a\"\naddress = \"127.0.0.1\"\nadvertised = \"203.0.113.1\"\nport_min = 21000\nport_max = 21099\ndscp = 10\n";
+        let c = Config::from_toml(Some(good)).unwrap();
+        let m = c.interfaces[0].media().unwrap();
+        assert_eq!((m.ports.unwrap().first, m.dscp), (21000, Some(10)));
+        let half = "[[interfaces]]\nname = \"a\"\naddress = \"127.0.0.1\"\nport_min = 21000\n";
+        assert!(Config::from_toml(Some(half)).is_err());
+        let twice = format!("{good}[[interfaces]]\nname = \"b\"\naddress = \"127.0.0.1\"\n");
+        assert!(Config::from_toml(Some(&twice)).is_err());
     }
 
     #[test]

@@ -78,6 +78,11 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
     dp.pin_cores = d.pin_cores;
     dp.preempt = Duration::from_millis(d.preempt_ms.max(1));
     dp.budget = d.budget;
+    dp.interfaces = config
+        .interfaces
+        .iter()
+        .map(config::Interface::media)
+        .collect::<anyhow::Result<_>>()?;
     dp.sockets = rtprelay_dataplane::socket::SocketOptions {
         bind_device: config.media.bind_device,
         dscp: config.media.dscp,

@@ -158,6 +158,14 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
             .map(|e| e.0.clone())
             .unwrap_or_default(),
         last_error_unix_us: s.last_error.as_ref().map_or(0, |e| e.1),
+        listen_advertised: s
+            .listen_advertised
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        connect_advertised: s
+            .connect_advertised
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         listen_device: s.listen_device.clone().unwrap_or_default(),
         connect_device: s.connect_device.clone().unwrap_or_default(),
         client_rtt: Some(rtt(&s.media.client_rtt)),

@@ -25,6 +25,23 @@ pub struct DataplaneConfig {
     pub tick: Duration,
     /// Device binding, DSCP, free binding and buffer size of media sockets.
     pub sockets: SocketOptions,
+    /// Named media interfaces with their own settings; other addresses use the defaults.
+    pub interfaces: Vec<MediaInterface>,
+}
+
+/// A configured media address (in the spirit of rtpengine's `interface=name/local!advertised`).
+/// Controllers still name addresses; a session's listen or connect address that matches one
+/// takes its port range, DSCP and advertised address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaInterface {
+    pub name: String,
+    pub address: std::net::IpAddr,
+    /// The address peers must send to when it differs from the local one (1:1 NAT).
+    pub advertised: Option<std::net::IpAddr>,
+    /// Ports for this address; `None` = the default media range.
+    pub ports: Option<PortRange>,
+    /// DSCP for media leaving from this address; `None` = the default.
+    pub dscp: Option<u8>,
 }
 
 impl DataplaneConfig {
@@ -38,6 +55,7 @@ impl DataplaneConfig {
             budget: 64,
             tick: Duration::from_millis(100),
             sockets: SocketOptions::default(),
+            interfaces: Vec::new(),
         }
     }
 }

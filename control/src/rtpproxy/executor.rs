@@ -126,11 +126,16 @@ impl Executor {
             Ok(f) => f,
             Err(code) => return Reply::Error(code),
         };
+        // Announce the advertised address of the side's interface (NAT), else the bound one.
         let port_reply = |s: &SessionSnapshot, listen_side: bool| {
-            let a = if listen_side { s.listen } else { s.connect };
+            let (a, advertised) = if listen_side {
+                (s.listen, s.listen_advertised)
+            } else {
+                (s.connect, s.connect_advertised)
+            };
             Reply::Port {
                 port: a.port(),
-                addr: Some(a.ip()),
+                addr: Some(advertised.unwrap_or(a.ip())),
             }
         };
         match found {

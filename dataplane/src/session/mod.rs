@@ -91,6 +91,9 @@ pub struct SessionSnapshot {
     pub client_rtcp: Option<SocketAddr>,
     /// The most recent error and when it happened (µs since the Unix epoch).
     pub last_error: Option<(String, u64)>,
+    /// The addresses peers must use for listen and connect, when configured (NAT).
+    pub listen_advertised: Option<std::net::IpAddr>,
+    pub connect_advertised: Option<std::net::IpAddr>,
     /// Devices the listen and connect sockets are bound to (SO_BINDTODEVICE), if any.
     pub listen_device: Option<String>,
     pub connect_device: Option<String>,

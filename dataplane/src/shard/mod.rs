@@ -197,6 +197,7 @@ fn run(
             config.port_range,
             config.uring.max_sockets,
             config.sockets.clone(),
+            &config.interfaces,
             events,
         );
         let shard = Rc::new(RefCell::new(Shard { io, table }));

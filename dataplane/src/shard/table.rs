@@ -5,7 +5,8 @@
 //! integer, sockets in a table indexed by their I/O token; a packet costs two array lookups and
 //! the session's pure forwarding decision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::os::fd::AsRawFd;
@@ -15,6 +16,7 @@ use socket2::Socket;
 use tracing::{debug, info, warn};
 
 use crate::command::{CreateError, EndpointField, ListPage, ListQuery, Reply};
+use crate::config::MediaInterface;
 use crate::event::{CloseReason, Event, EventKind, EventSink};
 use crate::iface;
 use crate::io::{Action, MediaIo, PacketHandler, Received, Token};
@@ -68,6 +70,9 @@ pub(crate) struct SessionTable {
     sockets: Vec<Option<SocketRef>>,
     free_tokens: Vec<Token>,
     ports: PortAllocator,
+    /// Configured interfaces by address, and the allocators of those with their own range.
+    interfaces: HashMap<IpAddr, MediaInterface>,
+    iface_ports: HashMap<IpAddr, PortAllocator>,
     sock_opts: SocketOptions,
     events: Arc<dyn EventSink>,
     /// Scratch space for the supervision tick, kept to avoid reallocating every tick.
@@ -99,6 +104,7 @@ impl SessionTable {
         range: PortRange,
         max_sockets: u32,
         sock_opts: SocketOptions,
+        interfaces: &[MediaInterface],
         events: Arc<dyn EventSink>,
     ) -> Self {
         Self {
@@ -110,6 +116,11 @@ impl SessionTable {
             sockets: (0..max_sockets).map(|_| None).collect(),
             free_tokens: (0..max_sockets).rev().collect(),
             ports: PortAllocator::new(range, shard, shards),
+            iface_ports: interfaces
+                .iter()
+                .filter_map(|i| Some((i.address, PortAllocator::new(i.ports?, shard, shards))))
+                .collect(),
+            interfaces: interfaces.iter().map(|i| (i.address, i.clone())).collect(),
             sock_opts,
             events,
             due: Vec::new(),
@@ -142,8 +153,10 @@ impl SessionTable {
         }
         let listen = self.bind(EndpointField::Listen, spec.listen)?;
         let out = self.bind(EndpointField::Connect, spec.connect)?;
-        self.ports.claim(listen.addr.ip(), listen.addr.port());
-        self.ports.claim(out.addr.ip(), out.addr.port());
+        self.allocator(listen.addr.ip())
+            .claim(listen.addr.ip(), listen.addr.port());
+        self.allocator(out.addr.ip())
+            .claim(out.addr.ip(), out.addr.port());
 
         let slot = self.free_sessions.pop().unwrap_or_else(|| {
             self.sessions.push(None);
@@ -225,7 +238,10 @@ impl SessionTable {
         let snapshot = self.snapshot(slot, SessionState::Forwarding);
         info!(
             session = %spec.id, shard = self.shard, listen = %listen_addr, connect = %connect_addr,
-            destination = %spec.destination, "session created"
+            destination = %spec.destination,
+            listen_device = snapshot.listen_device.as_deref().unwrap_or("-"),
+            connect_device = snapshot.connect_device.as_deref().unwrap_or("-"),
+            "session created"
         );
         self.emit(&spec.id, EventKind::Created(Box::new(snapshot.clone())));
         Ok(snapshot)
@@ -410,11 +426,16 @@ impl SessionTable {
         } else {
             None
         };
-        let (device, opts) = (device.as_deref(), &self.sock_opts);
+        let mut opts = self.sock_opts.clone();
+        if let Some(dscp) = self.interfaces.get(&want.ip()).and_then(|i| i.dscp) {
+            opts.dscp = dscp;
+        }
+        let (device, opts) = (device.as_deref(), &opts);
         if want.port() != 0 {
             return bind_pair(want.ip(), want.port(), device, opts).map_err(classify);
         }
-        for port in self.ports.candidates(want.ip()) {
+        let ports = self.iface_ports.get(&want.ip()).unwrap_or(&self.ports);
+        for port in ports.candidates(want.ip()) {
             match bind_pair(want.ip(), port, device, opts) {
                 Ok(pair) => return Ok(pair),
                 Err(BindError::InUse { .. }) => {
@@ -424,6 +445,11 @@ impl SessionTable {
             }
         }
         Err(CreateError::PortsExhausted { field })
+    }
+
+    /// The port allocator for `ip`: its interface's own range, or the default.
+    fn allocator(&mut self, ip: IpAddr) -> &mut PortAllocator {
+        self.iface_ports.get_mut(&ip).unwrap_or(&mut self.ports)
     }
 
     fn begin_close(
@@ -462,8 +488,10 @@ impl SessionTable {
         };
         self.free_sessions.push(slot);
         self.live -= 1;
-        self.ports.release(entry.listen.ip(), entry.listen.port());
-        self.ports.release(entry.connect.ip(), entry.connect.port());
+        self.allocator(entry.listen.ip())
+            .release(entry.listen.ip(), entry.listen.port());
+        self.allocator(entry.connect.ip())
+            .release(entry.connect.ip(), entry.connect.port());
         if self.by_id.get(&entry.id) == Some(&slot) {
             self.by_id.remove(&entry.id);
         }
@@ -499,6 +527,14 @@ impl SessionTable {
             client: e.relay.client(),
             client_rtcp: e.relay.client_rtcp(),
             last_error: e.relay.last_error().map(|f| (f.to_string(), f.at_us)),
+            listen_advertised: self
+                .interfaces
+                .get(&e.listen.ip())
+                .and_then(|i| i.advertised),
+            connect_advertised: self
+                .interfaces
+                .get(&e.connect.ip())
+                .and_then(|i| i.advertised),
             listen_device: e.listen_device.clone(),
             connect_device: e.connect_device.clone(),
             created_us: e.created_us,
