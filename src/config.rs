@@ -171,6 +171,7 @@ pub struct Rtpproxy {
     pub listen: Vec<String>,
     pub allow: Vec<IpAddr>,
     pub ttl_s: u64,
+    pub notify: Vec<String>,
 }
 
 impl Rtpproxy {

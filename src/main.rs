@@ -138,7 +138,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             let _ = server_stopped.await;
         }));
         let (stop_rtpp, rtpp_stopped) = tokio::sync::watch::channel(false);
-        let rtpp_tasks = match start_rtpproxy(&config, &router, rtpp_stopped).await {
+        let rtpp_tasks = match start_rtpproxy(&config, &router, &events, rtpp_stopped).await {
             Ok(tasks) => tasks,
             Err(e) => {
                 router.shutdown().await;
@@ -177,9 +177,11 @@ fn run(config: Config) -> anyhow::Result<()> {
 async fn start_rtpproxy(
     config: &Config,
     router: &Router,
+    events: &EventHub,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     use rtprelay_control::rtpproxy::executor::{Executor, ExecutorConfig};
+    use rtprelay_control::rtpproxy::notify::Notifier;
     use rtprelay_control::rtpproxy::server::{ListenerStats, serve_udp};
     let addrs = config.rtpproxy.udp_addresses()?;
     if addrs.is_empty() {
@@ -195,6 +197,8 @@ async fn start_rtpproxy(
     } else {
         None
     };
+    let notifier = Arc::new(Notifier::new(config.rtpproxy.notify.clone()));
+    tokio::spawn(notifier.clone().run(events.clone()));
     let executor = Arc::new(Executor::new(
         router.clone(),
         ExecutorConfig {
@@ -203,6 +207,7 @@ async fn start_rtpproxy(
             ttl: Duration::from_secs(config.rtpproxy.ttl_s.max(1)),
             defaults: config.sessions.defaults(),
         },
+        notifier,
     ));
     let mut tasks = Vec::new();
     for addr in addrs {

@@ -232,3 +232,66 @@ async fn bad_commands_get_precise_errors_and_change_nothing() {
         "errors are logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_stream_notifies_the_allowed_socket_only() {
+    let notify = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let notify_addr = notify.local_addr().unwrap();
+    let config = format!("[rtpproxy]\nttl_s = 1\nnotify = [\"tcp:{notify_addr}\"]\n");
+    let path = std::env::temp_dir().join(format!("rtprelay-notify-{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let ctl_port = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl_port}");
+    let (_relay, _grpc) = Relay::start(
+        1,
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "--rtpproxy-listen",
+            &listen,
+        ],
+    )
+    .await;
+    std::fs::remove_file(&path).ok();
+    let c = Controller::new(format!("127.0.0.1:{ctl_port}").parse().unwrap());
+    assert_eq!(
+        c.ask("n0", "VF 20081224"),
+        "1",
+        "notification is on when a socket is allowed"
+    );
+    // A socket that is not allowed is refused.
+    assert_eq!(
+        c.ask(
+            "n1",
+            "U call-x 127.0.0.1 4000 ft;1 tt;1 tcp:127.0.0.1:9 some-tag"
+        ),
+        "E75"
+    );
+    // The allowed one gets the (URL-decoded) tag when the stream expires without media.
+    let u = c.ask(
+        "n2",
+        &format!("U call-n 127.0.0.1 4000 ft;1 tt;1 tcp:{notify_addr} dlg%3A42"),
+    );
+    port_of(&u);
+    notify.set_nonblocking(false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let accepted = notify.accept().map(|(mut s, _)| {
+            use std::io::Read;
+            let mut got = String::new();
+            let _ = s.read_to_string(&mut got);
+            got
+        });
+        let _ = tx.send(accepted);
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("no notification within 5 s")
+        .unwrap();
+    assert_eq!(got, "dlg:42\n");
+    assert_eq!(
+        c.ask("n3", "D call-n ft tt"),
+        "E50",
+        "the expired stream is gone"
+    );
+}

@@ -56,6 +56,11 @@ impl EventHub {
         Box::pin(stream)
     }
 
+    /// A raw subscription for in-process consumers; `None` marks the end.
+    pub fn subscribe(&self) -> broadcast::Receiver<Option<Arc<v1::SessionEvent>>> {
+        self.tx.subscribe()
+    }
+
     /// Ends every watcher's stream after the events already published.
     pub fn close(&self) {
         let _ = self.tx.send(None);

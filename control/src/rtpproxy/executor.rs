@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::command::{Command, LocalAddress, StreamRef, UpdateLookup};
 use super::error::ErrorCode;
+use super::notify::{Notifier, Target};
 use super::reply::{Info, QueryCounters, Reply, StatValue};
 use super::{capabilities, session_id};
 use crate::router::Router;
@@ -40,6 +41,7 @@ pub struct Executor {
     router: Router,
     cfg: ExecutorConfig,
     created: AtomicU64,
+    notifier: std::sync::Arc<Notifier>,
 }
 
 /// Which side of an existing session a command speaks for.
@@ -52,17 +54,22 @@ enum Side {
 }
 
 impl Executor {
-    pub fn new(router: Router, cfg: ExecutorConfig) -> Self {
+    pub fn new(router: Router, cfg: ExecutorConfig, notifier: std::sync::Arc<Notifier>) -> Self {
         Self {
             router,
             cfg,
             created: AtomicU64::new(0),
+            notifier,
         }
     }
 
     pub async fn execute(&self, cmd: Command) -> Reply {
         match cmd {
             Command::Version => Reply::Version,
+            // Timeout notification is there only when a notify socket is allowed.
+            Command::VersionFeature { date } if date == "20081224" => {
+                Reply::Feature(self.notifier.enabled())
+            }
             Command::VersionFeature { date } => Reply::Feature(capabilities::supports(&date)),
             Command::Update(u) => self.update_or_lookup(u, false).await,
             Command::Lookup(u) => self.update_or_lookup(u, true).await,
@@ -121,6 +128,15 @@ impl Executor {
             // Repacketization is not implemented (VF 20071116 answers 0).
             return Reply::Error(ErrorCode::UnknownModifier);
         }
+        if let Some(n) = &u.notify
+            && !self.notifier.allowed(&n.socket)
+        {
+            warn!(
+                socket = n.socket,
+                "notify socket not in [rtpproxy] notify; refused"
+            );
+            return Reply::Error(ErrorCode::NotifyDisabled);
+        }
         let remote = u.remote_known();
         let found = match self.find(&u.stream).await {
             Ok(f) => f,
@@ -155,10 +171,19 @@ impl Executor {
                 port_reply(&s, !caller_speaks)
             }
             None if lookup => Reply::Ok,
-            None => self
-                .create(&u, remote)
-                .await
-                .map_or_else(Reply::Error, |s| port_reply(&s, false)),
+            None => match self.create(&u, remote).await {
+                Ok(s) => {
+                    if let Some(n) = &u.notify {
+                        let target = Target {
+                            socket: n.socket.clone(),
+                            tag: n.tag.clone(),
+                        };
+                        self.notifier.register(s.id.clone(), target);
+                    }
+                    port_reply(&s, false)
+                }
+                Err(code) => Reply::Error(code),
+            },
         }
     }
 

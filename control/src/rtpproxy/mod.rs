@@ -20,6 +20,7 @@ pub mod error;
 pub mod executor;
 mod fields;
 pub mod frame;
+pub mod notify;
 pub mod parse;
 pub mod reply;
 pub mod server;

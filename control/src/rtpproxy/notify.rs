@@ -1,0 +1,123 @@
+//! Timeout notifications: when a stream created with `U ... notify_socket notify_tag` expires
+//! for lack of media, the controller's notify socket gets `<notify_tag>\n`, as rtpproxy does,
+//! so the proxy can tear the dialog down. Only sockets on the configured allow-list are ever
+//! contacted: the socket comes from the network and must not make the relay connect anywhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtprelay_proto::v1;
+use tokio::io::AsyncWriteExt;
+use tracing::{info, warn};
+
+use crate::events::EventHub;
+
+/// Where and what to notify for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub socket: String,
+    pub tag: Vec<u8>,
+}
+
+/// Pending notifications by session ID.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    allow: Vec<String>,
+    pending: Mutex<HashMap<String, Target>>,
+}
+
+impl Notifier {
+    /// `allow`: notify sockets that may be used, as `tcp:HOST:PORT` or `unix:/path`.
+    pub fn new(allow: Vec<String>) -> Self {
+        Self {
+            allow,
+            pending: Mutex::default(),
+        }
+    }
+
+    /// Whether timeout notification is available at all (VF 20081224).
+    pub fn enabled(&self) -> bool {
+        !self.allow.is_empty()
+    }
+
+    pub fn allowed(&self, socket: &str) -> bool {
+        self.allow.iter().any(|a| a == socket)
+    }
+
+    /// Remembers that `session` must be notified on timeout.
+    pub fn register(&self, session: String, target: Target) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(session, target);
+        }
+    }
+
+    fn take(&self, session: &str) -> Option<Target> {
+        self.pending.lock().ok()?.remove(session)
+    }
+
+    /// Follows session events: a session closed for "timeout" notifies its target; any other
+    /// close just forgets it. Ends when the event hub closes.
+    pub async fn run(self: Arc<Self>, hub: EventHub) {
+        let mut rx = hub.subscribe();
+        loop {
+            let event = match rx.recv().await {
+                Ok(Some(e)) => e,
+                Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(
+                        missed = n,
+                        "notifier fell behind the event stream; some timeouts may go unreported"
+                    );
+                    continue;
+                }
+            };
+            let Some(v1::session_event::Kind::Closed(closed)) = &event.kind else {
+                continue;
+            };
+            let Some(target) = self.take(&event.session_id) else {
+                continue;
+            };
+            if closed.reason == "timeout" {
+                let session = event.session_id.clone();
+                tokio::spawn(async move {
+                    match send(&target).await {
+                        Ok(()) => {
+                            info!(session, socket = target.socket, "timeout notification sent")
+                        }
+                        Err(e) => {
+                            warn!(session, socket = target.socket, error = %e, "timeout notification failed")
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Connects to the notify socket, writes the tag and a newline, and closes.
+async fn send(target: &Target) -> std::io::Result<()> {
+    let mut line = target.tag.clone();
+    line.push(b'\n');
+    let io = async {
+        if let Some(addr) = target.socket.strip_prefix("tcp:") {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(&line).await?;
+            s.shutdown().await
+        } else if let Some(path) = target.socket.strip_prefix("unix:") {
+            let mut s = tokio::net::UnixStream::connect(path).await?;
+            s.write_all(&line).await?;
+            s.shutdown().await
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "unknown notify socket kind",
+            ))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), io)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "notify socket did not answer")
+        })?
+}
