@@ -175,17 +175,26 @@ pub struct Rtpproxy {
 }
 
 impl Rtpproxy {
+    /// Unix stream socket paths to listen on, from `unix:/path`.
+    pub fn unix_paths(&self) -> Vec<PathBuf> {
+        self.listen
+            .iter()
+            .filter_map(|spec| spec.strip_prefix("unix:").map(PathBuf::from))
+            .collect()
+    }
+
     /// The UDP addresses to listen on, from `udp:IP:PORT` / `udp6:[IP]:PORT`.
     pub fn udp_addresses(&self) -> anyhow::Result<Vec<SocketAddr>> {
         self.listen
             .iter()
+            .filter(|spec| !spec.starts_with("unix:"))
             .map(|spec| {
                 let addr = spec
                     .strip_prefix("udp6:")
                     .or_else(|| spec.strip_prefix("udp:"))
                     .ok_or_else(|| {
                         anyhow::anyhow!(
-                            "rtpproxy.listen {spec:?}: only udp:IP:PORT and udp6:[IP]:PORT are supported"
+                            "rtpproxy.listen {spec:?}: use udp:IP:PORT, udp6:[IP]:PORT or unix:/path"
                         )
                     })?;
                 addr.parse::<SocketAddr>()
@@ -360,7 +369,13 @@ mod tests {
         let addrs = c.rtpproxy.udp_addresses().unwrap();
         assert_eq!(addrs[0], "127.0.0.1:7722".parse().unwrap());
         assert_eq!(addrs[1], "[::1]:7722".parse().unwrap());
-        assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"unix:/run/x.sock\"]\n")).is_err());
+        let unix =
+            Config::from_toml(Some("[rtpproxy]\nlisten = [\"unix:/run/x.sock\"]\n")).unwrap();
+        assert_eq!(
+            unix.rtpproxy.unix_paths(),
+            vec![PathBuf::from("/run/x.sock")]
+        );
+        assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"tcp:1.2.3.4:5\"]\n")).is_err());
         assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"udp:nowhere\"]\n")).is_err());
     }
 

@@ -182,9 +182,10 @@ async fn start_rtpproxy(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     use rtprelay_control::rtpproxy::executor::{Executor, ExecutorConfig};
     use rtprelay_control::rtpproxy::notify::Notifier;
-    use rtprelay_control::rtpproxy::server::{ListenerStats, serve_udp};
+    use rtprelay_control::rtpproxy::server::{ListenerStats, serve_udp, serve_unix};
     let addrs = config.rtpproxy.udp_addresses()?;
-    if addrs.is_empty() {
+    let paths = config.rtpproxy.unix_paths();
+    if addrs.is_empty() && paths.is_empty() {
         return Ok(Vec::new());
     }
     // IPv6 streams (modifier 6) use the media address if it is IPv6, or ::1 beside a loopback
@@ -219,6 +220,21 @@ async fn start_rtpproxy(
             socket,
             executor.clone(),
             config.rtpproxy.allow.clone(),
+            Arc::new(ListenerStats::default()),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
+    for path in paths {
+        // A stale socket file from an earlier run would make bind fail.
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("binding the rtpproxy unix socket {}", path.display()))?;
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(serve_unix(
+            listener,
+            executor.clone(),
             Arc::new(ListenerStats::default()),
             async move {
                 let _ = stop.wait_for(|s| *s).await;

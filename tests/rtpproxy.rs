@@ -295,3 +295,40 @@ async fn an_expired_stream_notifies_the_allowed_socket_only() {
         "the expired stream is gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_stream_socket_answers_line_by_line_and_at_close() {
+    use std::io::{Read, Write};
+    let path = std::env::temp_dir().join(format!("rtprelay-ctl-{}.sock", std::process::id()));
+    let listen = format!("unix:{}", path.display());
+    let (_relay, mut grpc) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).expect("unix control socket");
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    conn.write_all(b"V\nU call-u 127.0.0.1 4000 ft;1\n")
+        .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 256];
+    while got.matches('\n').count() < 2 {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {got:?}");
+        got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "20040107");
+    port_of(lines[1]);
+    // Kamailio-style: one command without a newline, then the write side closes.
+    let mut one = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    one.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    one.write_all(b"D call-u ft").unwrap();
+    one.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    one.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "0\n");
+    let list = grpc
+        .list_sessions(v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 0);
+    std::fs::remove_file(&path).ok();
+}

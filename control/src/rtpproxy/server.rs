@@ -1,4 +1,5 @@
-//! The rtpproxy control listener on UDP (cookie mode, IPv4 or IPv6).
+//! The rtpproxy control listeners: UDP (cookie mode, IPv4 or IPv6) and a unix stream socket
+//! (local mode: one command per line, or per connection when the client closes its side).
 //!
 //! Commands are taken one at a time per socket, in arrival order: a controller waits for each
 //! reply, and U before L of one call must not be reordered. Retransmissions (same source and
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UdpSocket, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
 use super::cache::{Lookup, ReplyCache};
@@ -92,19 +94,103 @@ async fn handle(
         Lookup::InProgress => return None,
         Lookup::New => {}
     }
-    let reply = match parse(frame.command) {
+    let reply = respond(frame.command, &src.to_string(), executor, stats).await;
+    let text = frame::format_reply(Some(&cookie), &reply.render());
+    debug!(source = %src, reply = text.trim_end(), "rtpproxy reply");
+    cache.finish(src, &cookie, text.clone(), Instant::now());
+    Some(text)
+}
+
+/// Parses and executes one command, logging and counting failures.
+async fn respond(command: &str, source: &str, executor: &Executor, stats: &ListenerStats) -> Reply {
+    let reply = match parse(command) {
         Ok(cmd) => {
-            debug!(source = %src, command = frame.command, "rtpproxy command");
+            debug!(source, command, "rtpproxy command");
             executor.execute(cmd).await
         }
         Err(code) => Reply::Error(code),
     };
     if let Reply::Error(code) = &reply {
         stats.errors.fetch_add(1, Ordering::Relaxed);
-        warn!(source = %src, command = frame.command, %code, "rtpproxy command failed");
+        warn!(source, command, %code, "rtpproxy command failed");
     }
-    let text = frame::format_reply(Some(&cookie), &reply.render());
-    debug!(source = %src, reply = text.trim_end(), "rtpproxy reply");
-    cache.finish(src, &cookie, text.clone(), Instant::now());
-    Some(text)
+    reply
+}
+
+/// Serves a unix stream socket until `shutdown` resolves; each connection in its own task.
+/// Access is governed by the socket file's permissions.
+pub async fn serve_unix(
+    listener: UnixListener,
+    executor: Arc<Executor>,
+    stats: Arc<ListenerStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    info!(address = ?listener.local_addr().ok(), "rtpproxy unix control socket ready");
+    tokio::pin!(shutdown);
+    loop {
+        let conn = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    warn!(error = %e, "rtpproxy unix socket accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        tokio::spawn(serve_stream(conn, executor.clone(), stats.clone()));
+    }
+}
+
+/// One stream connection: a reply per newline-terminated command, and one for a final command
+/// the client ends by closing its side.
+async fn serve_stream(mut conn: UnixStream, executor: Arc<Executor>, stats: Arc<ListenerStats>) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        loop {
+            let (line, used) = match frame::take_line(&buf) {
+                Ok(Some((line, used))) => (line.to_vec(), used),
+                Ok(None) => break,
+                Err(code) => {
+                    let _ = conn
+                        .write_all(
+                            frame::format_reply(None, &Reply::Error(code).render()).as_bytes(),
+                        )
+                        .await;
+                    return;
+                }
+            };
+            buf.drain(..used);
+            if !answer(&line, &mut conn, &executor, &stats).await {
+                return;
+            }
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) => {
+                if !buf.trim_ascii().is_empty() {
+                    answer(&buf, &mut conn, &executor, &stats).await;
+                }
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return,
+        }
+    }
+}
+
+async fn answer(
+    line: &[u8],
+    conn: &mut UnixStream,
+    executor: &Executor,
+    stats: &ListenerStats,
+) -> bool {
+    stats.commands.fetch_add(1, Ordering::Relaxed);
+    let reply = match frame::split(line, Mode::Stream) {
+        Ok(f) => respond(f.command, "unix", executor, stats).await,
+        Err(e) => Reply::Error(e.code),
+    };
+    conn.write_all(frame::format_reply(None, &reply.render()).as_bytes())
+        .await
+        .is_ok()
 }
