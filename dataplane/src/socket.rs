@@ -110,6 +110,7 @@ pub fn bind_udp(
         }
     }
     enable_rx_timestamps(&socket)?;
+    enable_icmp_errors(&socket, addr.is_ipv6())?;
     socket.bind(&addr.into())?;
     Ok(socket)
 }
@@ -154,6 +155,32 @@ fn set_rcvbuf(socket: &Socket, bytes: usize) {
         // Not privileged: the kernel caps this at net.core.rmem_max.
         let _ = socket.set_recv_buffer_size(bytes);
     }
+}
+
+/// Makes ICMP errors (port or host unreachable) for what this socket sent visible to it even
+/// though it is not connected (IP_RECVERR / IPV6_RECVERR), so an unreachable peer is noticed
+/// within one packet instead of never.
+fn enable_icmp_errors(socket: &Socket, v6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    };
+    // SAFETY: setsockopt reads one c_int from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Asks the kernel to stamp every received datagram with its arrival time (SO_TIMESTAMPNS),

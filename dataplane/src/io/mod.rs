@@ -52,6 +52,9 @@ pub trait PacketHandler {
     /// A send requested by [`Action::Send`] completed (`Ok(bytes)`) or failed. `residence_us` is
     /// the time from the packet's arrival to this completion, when the arrival time is known.
     fn on_sent(&mut self, tag: u64, result: io::Result<usize>, residence_us: Option<u64>);
+    /// A receive on `token` failed with `errno`, typically an ICMP error the kernel queued on
+    /// the socket (port or host unreachable); receiving goes on.
+    fn on_socket_error(&mut self, token: Token, errno: i32);
     /// A socket passed to [`MediaIo::remove_socket`] is no longer referenced by any pending
     /// receive: once the caller has closed its descriptor, its port is free.
     fn on_socket_released(&mut self, token: Token);

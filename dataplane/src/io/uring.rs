@@ -367,8 +367,8 @@ impl Shared {
                 }
                 Some(RecvState::Armed) => {
                     if res < 0 && res != -libc::ENOBUFS {
-                        let err = io::Error::from_raw_os_error(-res);
-                        warn!(token, error = %err, "socket receive ended; re-arming");
+                        // A queued ICMP error (IP_RECVERR) ends the receive: report it, re-arm.
+                        handler.on_socket_error(token, -res);
                     }
                     self.sockets[token as usize] = RecvState::Rearm;
                     self.rearm.push(token);

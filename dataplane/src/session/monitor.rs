@@ -6,6 +6,12 @@
 
 use std::time::Duration;
 
+use super::SessionState;
+
+/// How long a session in error waits without new errors before it counts as forwarding again
+/// (ICMP errors are rate-limited to about one a second, so a shorter wait would flap).
+const RECOVERY_QUIET_US: u64 = 3_000_000;
+
 /// Which way media flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -62,10 +68,16 @@ pub struct Observed {
     pub jitter_ms: [Option<f64>; 2],
     /// Sends the kernel refused so far.
     pub send_errors: u64,
+    /// Errors saying the destination is unreachable (ICMP, failed sends to it) so far.
+    pub destination_errors: u64,
+    /// The most recent error: errno and when.
+    pub last_error: Option<(i32, u64)>,
+    /// Last packet from the destination.
+    pub destination_heard_us: u64,
 }
 
 /// Something the shard must act on.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Due {
     /// Publish a StatsUpdate.
     Stats,
@@ -73,6 +85,12 @@ pub enum Due {
     IdleTimeout,
     /// `new` sends failed since the last Error event (at most one per second).
     Error { new: u64 },
+    /// The session's state changes.
+    State {
+        from: SessionState,
+        to: SessionState,
+        reason: String,
+    },
     Alert {
         kind: AlertKind,
         direction: Direction,
@@ -94,6 +112,9 @@ pub struct Monitor {
     no_media_active: bool,
     reported_errors: u64,
     last_error_event_us: u64,
+    state: SessionState,
+    destination_errors_seen: u64,
+    last_destination_error_us: u64,
 }
 
 const DIRS: [Direction; 2] = [Direction::Forward, Direction::Reverse];
@@ -117,11 +138,48 @@ impl Monitor {
             no_media_active: false,
             reported_errors: 0,
             last_error_event_us: 0,
+            state: SessionState::Forwarding,
+            destination_errors_seen: 0,
+            last_destination_error_us: 0,
         }
     }
 
     pub fn config(&self) -> &MonitorConfig {
         &self.cfg
+    }
+
+    /// Forwarding, or Error while the destination is unreachable.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Error when the destination is reported unreachable; back to forwarding when it answers,
+    /// or when no error has come for [`RECOVERY_QUIET_US`].
+    fn track_reachability(&mut self, o: &Observed, out: &mut Vec<Due>) {
+        if o.destination_errors > self.destination_errors_seen {
+            self.destination_errors_seen = o.destination_errors;
+            self.last_destination_error_us = o.last_error.map_or(o.now_us, |e| e.1);
+            if self.state == SessionState::Forwarding {
+                let errno = o.last_error.map_or(libc::EHOSTUNREACH, |e| e.0);
+                let reason = format!(
+                    "destination unreachable: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                out.push(self.move_to(SessionState::Error, reason));
+            }
+        } else if self.state == SessionState::Error {
+            if o.destination_heard_us > self.last_destination_error_us {
+                out.push(self.move_to(SessionState::Forwarding, "destination answered".into()));
+            } else if o.now_us >= self.last_destination_error_us + RECOVERY_QUIET_US {
+                let reason = "no destination error for 3 s".into();
+                out.push(self.move_to(SessionState::Forwarding, reason));
+            }
+        }
+    }
+
+    fn move_to(&mut self, to: SessionState, reason: String) -> Due {
+        let from = std::mem::replace(&mut self.state, to);
+        Due::State { from, to, reason }
     }
 
     /// Evaluates the session at `o.now_us` and appends what is due to `out`.
@@ -133,6 +191,7 @@ impl Monitor {
             out.push(Due::IdleTimeout);
             return;
         }
+        self.track_reachability(o, out);
         if o.send_errors > self.reported_errors
             && o.now_us >= self.last_error_event_us.saturating_add(1_000_000)
         {
@@ -274,6 +333,48 @@ mod tests {
         assert_eq!(tick(&mut m, o), vec![Due::Error { new: 7 }]);
         o.now_us += 5 * S;
         assert!(tick(&mut m, o).is_empty(), "nothing new");
+    }
+
+    #[test]
+    fn unreachable_destination_is_an_error_until_it_answers_or_goes_quiet() {
+        let mut m = Monitor::new(MonitorConfig::default(), 0);
+        let mut o = at(S, S);
+        o.destination_errors = 1;
+        o.last_error = Some((libc::ECONNREFUSED, S));
+        let d = tick(&mut m, o);
+        assert!(
+            matches!(&d[..], [Due::State { from: SessionState::Forwarding, to: SessionState::Error, reason }] if reason.contains("Connection refused")),
+            "{d:?}"
+        );
+        assert_eq!(m.state(), SessionState::Error);
+        o.now_us = 2 * S;
+        assert!(tick(&mut m, o).is_empty(), "still in error, no new event");
+        // The destination answers.
+        o.destination_heard_us = 2 * S + 1;
+        let d = tick(&mut m, o);
+        assert!(
+            matches!(
+                &d[..],
+                [Due::State {
+                    to: SessionState::Forwarding,
+                    ..
+                }]
+            ),
+            "{d:?}"
+        );
+        // Errors again, then 3 s of quiet.
+        o.destination_errors = 2;
+        o.last_error = Some((libc::EHOSTUNREACH, 3 * S));
+        o.now_us = 3 * S;
+        assert_eq!(tick(&mut m, o).len(), 1);
+        o.now_us = 6 * S - 1;
+        assert!(tick(&mut m, o).is_empty());
+        o.now_us = 6 * S;
+        let d = tick(&mut m, o);
+        assert!(
+            matches!(&d[..], [Due::State { to: SessionState::Forwarding, reason, .. }] if reason.contains("3 s")),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct UdpRelay {
     /// The most recent send failure, and how many there were.
     last_error: Option<SendFailure>,
     send_errors: u64,
+    /// Failures that say the destination is unreachable (ICMP errors, failed sends to it).
+    destination_errors: u64,
 }
 
 /// A send the kernel refused.
@@ -83,6 +85,7 @@ impl UdpRelay {
             drop_non_rtp: false,
             last_error: None,
             send_errors: 0,
+            destination_errors: 0,
         }
     }
 
@@ -239,6 +242,28 @@ impl UdpRelay {
             });
         }
         self.send_errors += 1;
+        if matches!(via, Leg::OutRtp | Leg::OutRtcp) {
+            self.destination_errors += 1;
+        }
+    }
+
+    /// An ICMP error reported on the socket of `leg` at `now_us`: its peer is unreachable.
+    pub fn on_socket_error(&mut self, leg: Leg, errno: i32, now_us: u64) {
+        let to = match leg {
+            Leg::OutRtp | Leg::OutRtcp => self.destination.target(leg.is_rtcp()),
+            Leg::ListenRtp | Leg::ListenRtcp => self.client.target(leg.is_rtcp()),
+        };
+        if let Some(to) = to {
+            self.last_error = Some(SendFailure {
+                via: leg,
+                to,
+                errno,
+                at_us: now_us,
+            });
+        }
+        if matches!(leg, Leg::OutRtp | Leg::OutRtcp) {
+            self.destination_errors += 1;
+        }
     }
 
     /// The most recent send failure.
@@ -256,6 +281,9 @@ impl UdpRelay {
             received: [fr, rr],
             jitter_ms: [fj, rj],
             send_errors: self.send_errors,
+            destination_errors: self.destination_errors,
+            last_error: self.last_error.map(|e| (e.errno, e.at_us)),
+            destination_heard_us: self.reverse.last_activity_us,
             ..Default::default()
         }
     }

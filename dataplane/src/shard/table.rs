@@ -375,6 +375,10 @@ impl SessionTable {
                 info!(session = %id, "no media for the idle timeout; closing");
                 self.begin_close(io, slot, CloseReason::Timeout, None, 4, false);
             }
+            Due::State { from, to, reason } => {
+                warn!(session = %id, ?from, ?to, reason, "session state changed");
+                self.emit(&id, EventKind::StateChanged { from, to, reason });
+            }
             Due::Error { new } => {
                 let last = entry
                     .relay
@@ -520,7 +524,12 @@ impl SessionTable {
         SessionSnapshot {
             id: e.id.clone(),
             protocol: Protocol::Udp,
-            state,
+            // Open sessions report what their supervisor concluded (forwarding or error).
+            state: if state == SessionState::Closed {
+                state
+            } else {
+                e.monitor.state()
+            },
             listen: e.listen,
             connect: e.connect,
             destination: e.relay.destination().unwrap_or(e.destination),
@@ -597,6 +606,17 @@ impl PacketHandler for SessionTable {
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
                 entry.relay.on_send_failed(leg, errno, unix_now_us());
             }
+        }
+    }
+
+    fn on_socket_error(&mut self, token: Token, errno: i32) {
+        let Some(Some(sref)) = self.sockets.get(token as usize) else {
+            return;
+        };
+        let (slot, leg) = (sref.session, sref.leg);
+        if let Some(Some(entry)) = self.sessions.get_mut(slot as usize) {
+            debug!(session = %entry.id, ?leg, errno, "socket error");
+            entry.relay.on_socket_error(leg, errno, unix_now_us());
         }
     }
 
