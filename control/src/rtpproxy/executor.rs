@@ -298,24 +298,17 @@ impl Executor {
 
     /// Every rtpproxy session (both ID forms).
     async fn rtpproxy_sessions(&self) -> Result<Vec<SessionSnapshot>, ErrorCode> {
-        let mut all = Vec::new();
-        for prefix in [session_id::PLAIN_PREFIX, session_id::HASHED_PREFIX] {
-            let query = ListQuery {
-                prefix: prefix.to_owned(),
-                after: None,
-                limit: usize::MAX,
-            };
-            let pages = self
-                .router
-                .list_all(query)
-                .await
-                .map_err(|_| ErrorCode::ShuttingDown)?;
-            all.extend(pages.into_iter().flat_map(|p| p.sessions));
-        }
+        let mut all = self.sessions_with_prefix(session_id::PLAIN_PREFIX).await?;
+        all.extend(self.sessions_with_prefix(session_id::HASHED_PREFIX).await?);
         Ok(all)
     }
 
     async fn ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, ErrorCode> {
+        let sessions = self.sessions_with_prefix(prefix).await?;
+        Ok(sessions.into_iter().map(|s| s.id).collect())
+    }
+
+    async fn sessions_with_prefix(&self, prefix: &str) -> Result<Vec<SessionSnapshot>, ErrorCode> {
         let query = ListQuery {
             prefix: prefix.to_owned(),
             after: None,
@@ -326,11 +319,7 @@ impl Executor {
             .list_all(query)
             .await
             .map_err(|_| ErrorCode::ShuttingDown)?;
-        Ok(pages
-            .into_iter()
-            .flat_map(|p| p.sessions)
-            .map(|s| s.id)
-            .collect())
+        Ok(pages.into_iter().flat_map(|p| p.sessions).collect())
     }
 
     async fn info(&self) -> Reply {
