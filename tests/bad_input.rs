@@ -78,9 +78,14 @@ async fn bad_requests_are_refused_precisely_and_change_nothing() {
     let mut r = create_req("no-dest", 0, 0, dest);
     r.destination = None;
     expect(&mut client, r, Code::InvalidArgument, "destination").await;
+    // TCP sessions exist now; a bad TCP option is refused like any other field.
     let mut r = create_req("tcp", 0, 0, dest);
     r.protocol = v1::Protocol::Tcp as i32;
-    expect(&mut client, r, Code::Unimplemented, "TCP").await;
+    r.options = Some(v1::SessionOptions {
+        tcp_framing: 7,
+        ..Default::default()
+    });
+    expect(&mut client, r, Code::InvalidArgument, "options.tcp_framing").await;
 
     // A listen port somebody else holds.
     let blocker = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -151,9 +156,9 @@ async fn bad_requests_are_refused_precisely_and_change_nothing() {
         .unwrap()
         .into_inner();
     let refused = |code: &str| stats.refused_requests.get(code).copied().unwrap_or(0);
-    assert_eq!(refused("InvalidArgument"), 7);
+    assert_eq!(refused("InvalidArgument"), 8);
     assert_eq!(refused("AlreadyExists"), 3);
-    assert_eq!(refused("Unimplemented"), 1);
+    assert_eq!(refused("Unimplemented"), 0);
     assert_eq!(refused("NotFound"), 2);
     assert!(
         relay.log_text().contains("request refused"),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use rtprelay_dataplane::rtp::{self, DirectionSnapshot, RttSnapshot, SourceSnapshot};
 use rtprelay_dataplane::session::monitor::{AlertKind, Direction};
 use rtprelay_dataplane::stats::{DirectionStats, DropCounters, PacketCounters, ResidenceSummary};
+use rtprelay_dataplane::tcp::TcpFraming;
 use rtprelay_dataplane::{CreateError, Event, EventKind, Protocol, SessionSnapshot, SessionState};
 use rtprelay_proto::v1;
 use tonic::{Code, Status};
@@ -170,6 +171,19 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
         connect_device: s.connect_device.clone().unwrap_or_default(),
         client_rtt: Some(rtt(&s.media.client_rtt)),
         destination_rtt: Some(rtt(&s.media.destination_rtt)),
+        tcp: s.tcp.map(|(framing, c)| v1::TcpInfo {
+            framing: match framing {
+                TcpFraming::Rfc4571 => v1::TcpFraming::Rfc4571,
+                TcpFraming::Interleaved => v1::TcpFraming::Interleaved,
+                TcpFraming::None => v1::TcpFraming::None,
+            } as i32,
+            framing_errors_forward: c.framing_errors[0],
+            framing_errors_reverse: c.framing_errors[1],
+            clients_rejected: c.clients_rejected,
+            clients_accepted: c.clients_accepted,
+            connect_attempts: c.connect_attempts,
+            connect_failures: c.connect_failures,
+        }),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rtprelay_dataplane::session::SessionOptions;
 use rtprelay_dataplane::session::monitor::MonitorConfig;
+use rtprelay_dataplane::tcp::{TcpFraming, TcpOptions};
 use rtprelay_dataplane::{Protocol, SessionSpec};
 use rtprelay_proto::v1;
 
@@ -191,11 +192,69 @@ pub fn options(
             )));
         }
     };
+    let tcp = tcp_options(o)?;
     Ok(SessionOptions {
         monitor,
         clock_rates,
         drop_non_rtp,
+        tcp,
         ..SessionOptions::default()
+    })
+}
+
+/// TCP options; ignored by UDP sessions but checked for every request, so a bad value is
+/// reported whatever the protocol.
+fn tcp_options(o: &v1::SessionOptions) -> Result<TcpOptions, Invalid> {
+    let d = TcpOptions::default();
+    let ms = |field: &str, v: Option<u32>, default: Duration, min: u32| match v {
+        None => Ok(default),
+        Some(v) if v < min || v > 3_600_000 => Err(Invalid(format!(
+            "options.{field} {v} is out of range {min}-3600000"
+        ))),
+        Some(v) => Ok(Duration::from_millis(u64::from(v))),
+    };
+    let framing = match v1::TcpFraming::try_from(o.tcp_framing) {
+        Ok(v1::TcpFraming::Rfc4571) => TcpFraming::Rfc4571,
+        Ok(v1::TcpFraming::Interleaved) => TcpFraming::Interleaved,
+        Ok(v1::TcpFraming::None) => TcpFraming::None,
+        Err(_) => {
+            return Err(Invalid(format!(
+                "options.tcp_framing {} is not a known framing",
+                o.tcp_framing
+            )));
+        }
+    };
+    let backoff_initial = ms(
+        "tcp_backoff_initial_ms",
+        o.tcp_backoff_initial_ms,
+        d.backoff_initial,
+        10,
+    )?;
+    let backoff_max = ms(
+        "tcp_backoff_max_ms",
+        o.tcp_backoff_max_ms,
+        d.backoff_max.max(backoff_initial),
+        10,
+    )?;
+    if backoff_max < backoff_initial {
+        return Err(Invalid(format!(
+            "options.tcp_backoff_max_ms {} is below tcp_backoff_initial_ms {}",
+            backoff_max.as_millis(),
+            backoff_initial.as_millis()
+        )));
+    }
+    Ok(TcpOptions {
+        framing,
+        connect_timeout: ms(
+            "tcp_connect_timeout_ms",
+            o.tcp_connect_timeout_ms,
+            d.connect_timeout,
+            10,
+        )?,
+        backoff_initial,
+        backoff_max,
+        client_reconnect: o.tcp_client_reconnect,
+        ..d
     })
 }
 
@@ -373,6 +432,39 @@ mod tests {
     }
 
     #[test]
+    fn tcp_is_accepted_with_its_options() {
+        let mut r = req();
+        r.protocol = v1::Protocol::Tcp as i32;
+        r.options = Some(v1::SessionOptions {
+            tcp_framing: v1::TcpFraming::Interleaved as i32,
+            tcp_backoff_initial_ms: Some(100),
+            tcp_backoff_max_ms: Some(400),
+            tcp_connect_timeout_ms: Some(500),
+            tcp_client_reconnect: true,
+            ..Default::default()
+        });
+        let spec = create_request(&r, MEDIA, &SessionDefaults::default()).unwrap();
+        assert_eq!(spec.protocol, Protocol::Tcp);
+        let t = spec.options.tcp;
+        assert_eq!(t.framing, TcpFraming::Interleaved);
+        assert_eq!(t.backoff_initial, Duration::from_millis(100));
+        assert_eq!(t.backoff_max, Duration::from_millis(400));
+        assert_eq!(t.connect_timeout, Duration::from_millis(500));
+        assert!(t.client_reconnect);
+        r.options = Some(v1::SessionOptions {
+            tcp_backoff_initial_ms: Some(5000),
+            tcp_backoff_max_ms: Some(1000),
+            ..Default::default()
+        });
+        assert!(err(r.clone()).contains("tcp_backoff_max_ms 1000 is below"));
+        r.options = Some(v1::SessionOptions {
+            tcp_framing: 7,
+            ..Default::default()
+        });
+        assert!(err(r).contains("options.tcp_framing 7"));
+    }
+
+    #[test]
     fn ipv6_and_bridging_are_accepted() {
         let mut r = req();
         r.listen = ep("::1", 0);
@@ -406,6 +498,7 @@ mod tests {
             }),
             clock_rates: [(111, 48000), (96, 90000)].into(),
             non_rtp: v1::NonRtpPolicy::Drop as i32,
+            ..Default::default()
         };
         let o = options(Some(&explicit), &d).unwrap();
         assert_eq!(

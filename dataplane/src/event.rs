@@ -16,6 +16,8 @@ pub enum CloseReason {
     Shutdown,
     /// No media in either direction for the session's idle timeout.
     Timeout,
+    /// The TCP client disconnected and the session does not wait for another one.
+    ClientClosed,
 }
 
 impl CloseReason {
@@ -24,6 +26,7 @@ impl CloseReason {
             CloseReason::Destroyed => "destroyed",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Timeout => "timeout",
+            CloseReason::ClientClosed => "client closed",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod shard;
 pub mod sockaddr;
 pub mod socket;
 pub mod stats;
+pub mod tcp;
 pub mod time;
 
 use std::sync::Arc;

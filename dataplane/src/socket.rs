@@ -227,6 +227,37 @@ pub fn bind_pair(
     })
 }
 
+/// Binds a non-blocking TCP listening socket to exactly `addr` (port non-zero) with the media
+/// DSCP. SO_REUSEADDR is on so a closed session's port is reusable at once although its last
+/// connection may linger in TIME_WAIT; Linux still refuses a second listener on the port.
+pub fn bind_tcp_listener(addr: SocketAddr, opts: &SocketOptions) -> Result<Socket, BindError> {
+    let setup = || -> io::Result<Socket> {
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        let tos = u32::from(opts.dscp) << 2;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+            socket.set_tclass_v6(tos)?;
+            if opts.freebind {
+                socket.set_freebind_v6(true)?;
+            }
+        } else {
+            socket.set_tos_v4(tos)?;
+            if opts.freebind {
+                socket.set_freebind_v4(true)?;
+            }
+        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(16)?;
+        Ok(socket)
+    };
+    setup().map_err(|e| classify(e, addr.ip(), addr.port()))
+}
+
 fn classify(e: io::Error, ip: IpAddr, port: u16) -> BindError {
     match e.raw_os_error() {
         Some(libc::EADDRINUSE) => BindError::InUse { port },

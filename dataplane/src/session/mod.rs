@@ -75,6 +75,8 @@ pub struct SessionOptions {
     pub latching: peer::Latching,
     /// The client's address as signalled, before it sends (rtpproxy U); `None` = learn it.
     pub client: Option<SocketAddr>,
+    /// TCP sessions only: framing, connect timeout, backoff, client policy.
+    pub tcp: crate::tcp::TcpOptions,
 }
 
 /// A point-in-time copy of a session, safe to send to another thread.
@@ -108,4 +110,6 @@ pub struct SessionSnapshot {
     /// RTP/RTCP statistics: per-SSRC loss and jitter, RTCP counts, round-trip times.
     pub media: crate::rtp::MediaSnapshot,
     pub shard: u32,
+    /// TCP sessions only: framing in use and TCP-specific counters.
+    pub tcp: Option<(crate::tcp::TcpFraming, crate::tcp::TcpCounters)>,
 }

@@ -201,6 +201,23 @@ fn run(
             events,
         );
         let shard = Rc::new(RefCell::new(Shard { io, table }));
+        // TCP session tasks report here once their sockets are closed. Weak: the table owns
+        // the callback, and the shard must not keep itself alive through it.
+        let weak = Rc::downgrade(&shard);
+        shard
+            .borrow_mut()
+            .table
+            .set_tcp_done(Rc::new(move |slot, generation| {
+                let Some(shard) = weak.upgrade() else { return };
+                let mut s = shard.borrow_mut();
+                let Shard { io, table } = &mut *s;
+                table.tcp_finished(slot, generation);
+                if table.stopping
+                    && let Err(e) = io.nudge()
+                {
+                    error!(error = %e, "waking the media task for shutdown failed");
+                }
+            }));
         let _ = ready.send(Ok(()));
         info!(shard = index, core = core.map(|c| c.id), "shard started");
 

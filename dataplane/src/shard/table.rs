@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use socket2::Socket;
@@ -21,10 +22,12 @@ use crate::event::{CloseReason, Event, EventKind, EventSink};
 use crate::iface;
 use crate::io::{Action, MediaIo, PacketHandler, Received, Token};
 use crate::ports::{PortAllocator, PortRange};
+use crate::rtp;
 use crate::session::monitor::{Due, Monitor, Observed};
 use crate::session::udp::{UdpRelay, Verdict};
 use crate::session::{Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
-use crate::socket::{BindError, SocketOptions, UdpPair, bind_pair};
+use crate::socket::{BindError, SocketOptions, UdpPair, bind_pair, bind_tcp_listener};
+use crate::tcp::TcpSession;
 use crate::time::unix_now_us;
 
 struct SocketRef {
@@ -50,15 +53,31 @@ struct Entry {
     listen_device: Option<String>,
     connect_device: Option<String>,
     created_us: u64,
-    relay: UdpRelay,
-    tokens: [Token; 4],
-    /// Owned descriptors, closed when the session starts closing.
-    sockets: [Option<Socket>; 4],
+    transport: Transport,
     closing: Option<Closing>,
     monitor: Monitor,
     /// Last control-plane refresh (rtpproxy U/L), counted as activity for the idle timeout.
     refreshed_us: u64,
 }
+
+/// What moves a session's bytes. The table creates, closes, supervises and snapshots both the
+/// same way; only the UDP variant sits on the shard's per-packet path.
+// UDP stays inline: boxing it would add a pointer chase to every packet, while the few bytes a
+// TCP entry wastes in the slab do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    Udp {
+        relay: UdpRelay,
+        tokens: [Token; 4],
+        /// Owned descriptors, closed when the session starts closing.
+        sockets: [Option<Socket>; 4],
+    },
+    /// Driven by its own glommio task, which owns the sockets.
+    Tcp(TcpSession),
+}
+
+/// Called by a TCP session's task once it has closed its sockets: (slot, generation).
+pub(crate) type TcpDone = Rc<dyn Fn(u32, u32)>;
 
 /// The sessions of one shard.
 pub(crate) struct SessionTable {
@@ -80,6 +99,8 @@ pub(crate) struct SessionTable {
     /// Set by shutdown: no new session is accepted.
     pub stopping: bool,
     live: usize,
+    /// How TCP session tasks report back; set by the shard once the table is shared.
+    tcp_done: Option<TcpDone>,
 }
 
 /// Packs a send's owner into the 64-bit tag the I/O layer hands back on completion: session
@@ -115,6 +136,7 @@ impl SessionTable {
             by_id: BTreeMap::new(),
             sockets: (0..max_sockets).map(|_| None).collect(),
             free_tokens: (0..max_sockets).rev().collect(),
+            tcp_done: None,
             ports: PortAllocator::new(range, shard, shards),
             iface_ports: interfaces
                 .iter()
@@ -142,11 +164,11 @@ impl SessionTable {
         if self.stopping {
             return Err(CreateError::ShuttingDown);
         }
-        if spec.protocol == Protocol::Tcp {
-            return Err(CreateError::Unsupported { protocol: "TCP" });
-        }
         if self.by_id.contains_key(&spec.id) {
             return Err(CreateError::AlreadyExists(spec.id));
+        }
+        if spec.protocol == Protocol::Tcp {
+            return self.create_tcp(spec);
         }
         if self.free_tokens.len() < 4 {
             return Err(CreateError::TooManySockets);
@@ -193,17 +215,19 @@ impl SessionTable {
             listen_device,
             connect_device,
             created_us,
-            relay: {
-                let mut relay = UdpRelay::with_peers(
-                    spec.options.latching,
-                    spec.options.client,
-                    Some(spec.destination),
-                );
-                relay.configure(&spec.options.clock_rates, spec.options.drop_non_rtp);
-                relay
+            transport: Transport::Udp {
+                relay: {
+                    let mut relay = UdpRelay::with_peers(
+                        spec.options.latching,
+                        spec.options.client,
+                        Some(spec.destination),
+                    );
+                    relay.configure(&spec.options.clock_rates, spec.options.drop_non_rtp);
+                    relay
+                },
+                tokens,
+                sockets: [Some(lr), Some(lc), Some(or), Some(oc)],
             },
-            tokens,
-            sockets: [Some(lr), Some(lc), Some(or), Some(oc)],
             closing: None,
         };
         self.sessions[slot as usize] = Some(entry);
@@ -213,10 +237,10 @@ impl SessionTable {
             let Some(entry) = self.sessions[slot as usize].as_ref() else {
                 break;
             };
-            let fd = entry.sockets[k]
-                .as_ref()
-                .map(AsRawFd::as_raw_fd)
-                .unwrap_or(-1);
+            let Transport::Udp { sockets, .. } = &entry.transport else {
+                break;
+            };
+            let fd = sockets[k].as_ref().map(AsRawFd::as_raw_fd).unwrap_or(-1);
             if let Err(source) = io.add_socket(tokens[k], fd) {
                 warn!(session = %spec.id, error = %source, "registering a socket failed; rolling back");
                 // Sockets 0..k have a receive pending and are released through the I/O layer;
@@ -288,7 +312,9 @@ impl SessionTable {
     ) -> Option<SessionSnapshot> {
         let slot = self.open_slot(id)?;
         let entry = self.sessions[slot as usize].as_mut()?;
-        entry.relay.resignal(client, destination);
+        if let Transport::Udp { relay, .. } = &mut entry.transport {
+            relay.resignal(client, destination);
+        }
         entry.refreshed_us = unix_now_us();
         Some(self.snapshot(slot, SessionState::Forwarding))
     }
@@ -338,15 +364,35 @@ impl SessionTable {
             if entry.closing.is_some() {
                 continue;
             }
-            let observed = Observed {
-                now_us,
-                last_activity_us: entry
-                    .relay
-                    .forward
-                    .last_activity_us
-                    .max(entry.relay.reverse.last_activity_us)
-                    .max(entry.refreshed_us),
-                ..entry.relay.observe()
+            let observed = match &entry.transport {
+                Transport::Udp { relay, .. } => Observed {
+                    now_us,
+                    last_activity_us: relay
+                        .forward
+                        .last_activity_us
+                        .max(relay.reverse.last_activity_us)
+                        .max(entry.refreshed_us),
+                    ..relay.observe()
+                },
+                Transport::Tcp(tcp) => {
+                    let s = tcp.shared.borrow();
+                    let (fe, fr, fj) = s.media.totals(rtp::Direction::Forward);
+                    let (re, rr, rj) = s.media.totals(rtp::Direction::Reverse);
+                    // Connection state is the task's business; the supervisor only sees
+                    // activity and media quality, so it never moves a TCP session's state.
+                    Observed {
+                        now_us,
+                        last_activity_us: s
+                            .forward
+                            .last_activity_us
+                            .max(s.reverse.last_activity_us)
+                            .max(entry.refreshed_us),
+                        expected: [fe, re],
+                        received: [fr, rr],
+                        jitter_ms: [fj, rj],
+                        ..Observed::default()
+                    }
+                }
             };
             due.clear();
             entry.monitor.tick(&observed, &mut due);
@@ -367,7 +413,14 @@ impl SessionTable {
                 let snapshot = self.snapshot(slot, SessionState::Forwarding);
                 // Interval figures of the next update cover what happens from now on.
                 if let Some(entry) = self.sessions[slot as usize].as_mut() {
-                    entry.relay.media.take_interval();
+                    match &mut entry.transport {
+                        Transport::Udp { relay, .. } => {
+                            relay.media.take_interval();
+                        }
+                        Transport::Tcp(tcp) => {
+                            tcp.shared.borrow_mut().media.take_interval();
+                        }
+                    }
                 }
                 self.emit(&id, EventKind::StatsUpdate(Box::new(snapshot)));
             }
@@ -380,11 +433,11 @@ impl SessionTable {
                 self.emit(&id, EventKind::StateChanged { from, to, reason });
             }
             Due::Error { new } => {
-                let last = entry
-                    .relay
-                    .last_error()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
+                let last = match &entry.transport {
+                    Transport::Udp { relay, .. } => relay.last_error().map(|e| e.to_string()),
+                    Transport::Tcp(_) => None,
+                }
+                .unwrap_or_default();
                 let message = format!("{new} send(s) failed; last: {last}");
                 warn!(session = %id, "{message}");
                 self.emit(&id, EventKind::Error(message));
@@ -474,12 +527,22 @@ impl SessionTable {
             reply,
             silent,
         });
-        for k in 0..usize::from(registered) {
-            io.remove_socket(entry.tokens[k]);
+        let (tokens, sockets) = match &mut entry.transport {
+            Transport::Udp {
+                tokens, sockets, ..
+            } => (tokens, sockets),
+            Transport::Tcp(tcp) => {
+                // The task closes its sockets and then calls `tcp_finished`.
+                tcp.close();
+                return;
+            }
+        };
+        for &t in &tokens[..usize::from(registered)] {
+            io.remove_socket(t);
         }
         // Closing our descriptors now is safe: a pending receive holds its own reference, and
         // the port is free once that receive has ended (see `on_socket_released`).
-        entry.sockets = [None, None, None, None];
+        *sockets = [None, None, None, None];
         if registered == 0 {
             self.finish_close(slot);
         }
@@ -521,6 +584,10 @@ impl SessionTable {
         let Some(e) = self.sessions[slot as usize].as_ref() else {
             unreachable!("snapshot of an empty slot");
         };
+        let relay = match &e.transport {
+            Transport::Udp { relay, .. } => relay,
+            Transport::Tcp(tcp) => return self.tcp_snapshot(e, tcp, state),
+        };
         SessionSnapshot {
             id: e.id.clone(),
             protocol: Protocol::Udp,
@@ -532,10 +599,10 @@ impl SessionTable {
             },
             listen: e.listen,
             connect: e.connect,
-            destination: e.relay.destination().unwrap_or(e.destination),
-            client: e.relay.client(),
-            client_rtcp: e.relay.client_rtcp(),
-            last_error: e.relay.last_error().map(|f| (f.to_string(), f.at_us)),
+            destination: relay.destination().unwrap_or(e.destination),
+            client: relay.client(),
+            client_rtcp: relay.client_rtcp(),
+            last_error: relay.last_error().map(|f| (f.to_string(), f.at_us)),
             listen_advertised: self
                 .interfaces
                 .get(&e.listen.ip())
@@ -547,13 +614,173 @@ impl SessionTable {
             listen_device: e.listen_device.clone(),
             connect_device: e.connect_device.clone(),
             created_us: e.created_us,
-            forward: e.relay.forward,
-            reverse: e.relay.reverse,
-            forward_residence: e.relay.forward_residence.summary(),
-            reverse_residence: e.relay.reverse_residence.summary(),
-            media: e.relay.media.snapshot(),
+            forward: relay.forward,
+            reverse: relay.reverse,
+            forward_residence: relay.forward_residence.summary(),
+            reverse_residence: relay.reverse_residence.summary(),
+            media: relay.media.snapshot(),
             shard: self.shard,
+            tcp: None,
         }
+    }
+
+    fn tcp_snapshot(&self, e: &Entry, tcp: &TcpSession, state: SessionState) -> SessionSnapshot {
+        let s = tcp.shared.borrow();
+        SessionSnapshot {
+            id: e.id.clone(),
+            protocol: Protocol::Tcp,
+            state: if state == SessionState::Closed {
+                state
+            } else {
+                s.state
+            },
+            listen: e.listen,
+            connect: e.connect,
+            destination: e.destination,
+            client: s.client,
+            client_rtcp: None,
+            last_error: s.last_error.clone(),
+            listen_advertised: self
+                .interfaces
+                .get(&e.listen.ip())
+                .and_then(|i| i.advertised),
+            connect_advertised: self
+                .interfaces
+                .get(&e.connect.ip())
+                .and_then(|i| i.advertised),
+            listen_device: None,
+            connect_device: None,
+            created_us: e.created_us,
+            forward: s.forward,
+            reverse: s.reverse,
+            forward_residence: Default::default(),
+            reverse_residence: Default::default(),
+            media: s.media.snapshot(),
+            shard: self.shard,
+            tcp: Some((s.framing, s.counters)),
+        }
+    }
+
+    /// Sets how TCP session tasks report that they have closed their sockets.
+    pub fn set_tcp_done(&mut self, done: TcpDone) {
+        self.tcp_done = Some(done);
+    }
+
+    /// A TCP session's task has closed every socket: the session is gone (its own decision,
+    /// e.g. the client left, or the end of a close the table started).
+    pub fn tcp_finished(&mut self, slot: u32, generation: u32) {
+        let Some(entry) = self.sessions[slot as usize].as_mut() else {
+            return;
+        };
+        if entry.generation != generation {
+            return;
+        }
+        if entry.closing.is_none() {
+            let reason = match &entry.transport {
+                Transport::Tcp(tcp) => tcp.shared.borrow().close_reason,
+                Transport::Udp { .. } => None,
+            };
+            entry.closing = Some(Closing {
+                reason: reason.unwrap_or(CloseReason::Destroyed),
+                open: 0,
+                reply: None,
+                silent: false,
+            });
+        }
+        self.finish_close(slot);
+    }
+
+    fn create_tcp(&mut self, spec: SessionSpec) -> Result<SessionSnapshot, CreateError> {
+        let Some(done) = self.tcp_done.clone() else {
+            return Err(CreateError::Unsupported { protocol: "TCP" });
+        };
+        let mut opts = self.sock_opts.clone();
+        if let Some(dscp) = self.interfaces.get(&spec.listen.ip()).and_then(|i| i.dscp) {
+            opts.dscp = dscp;
+        }
+        let field = EndpointField::Listen;
+        let classify = |e: BindError| match e {
+            BindError::InUse { port } => CreateError::PortInUse { field, port },
+            BindError::NotLocal(address) => CreateError::NotLocal { field, address },
+            BindError::Io(source) => CreateError::Socket { field, source },
+        };
+        // One port per TCP session; the allocator's even ports keep UDP and TCP sessions in
+        // the same numbering (the odd sibling stays unused).
+        let listener = if spec.listen.port() != 0 {
+            bind_tcp_listener(spec.listen, &opts).map_err(classify)?
+        } else {
+            let ip = spec.listen.ip();
+            let ports = self.iface_ports.get(&ip).unwrap_or(&self.ports);
+            let mut found = None;
+            for port in ports.candidates(ip) {
+                match bind_tcp_listener(SocketAddr::new(ip, port), &opts) {
+                    Ok(l) => {
+                        found = Some(l);
+                        break;
+                    }
+                    Err(BindError::InUse { .. }) => {
+                        debug!(%field, port, "tcp port held elsewhere; trying the next");
+                    }
+                    Err(e) => return Err(classify(e)),
+                }
+            }
+            found.ok_or(CreateError::PortsExhausted { field })?
+        };
+        let listen = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| CreateError::Socket {
+                field,
+                source: std::io::Error::other("listen socket has no address"),
+            })?;
+        self.allocator(listen.ip())
+            .claim(listen.ip(), listen.port());
+        let slot = self.free_sessions.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            (self.sessions.len() - 1) as u32
+        });
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let mut media = crate::rtp::SessionMedia::new();
+        for &(pt, hz) in &spec.options.clock_rates {
+            media.set_clock_rate(pt, hz);
+        }
+        let tcp = crate::tcp::spawn(crate::tcp::driver::SpawnArgs {
+            id: spec.id.clone(),
+            listener,
+            connect: spec.connect,
+            destination: spec.destination,
+            options: spec.options.tcp.clone(),
+            media,
+            events: self.events.clone(),
+            done: Box::new(move || done(slot, generation)),
+        });
+        let created_us = unix_now_us();
+        self.sessions[slot as usize] = Some(Entry {
+            monitor: Monitor::new(spec.options.monitor.clone(), created_us),
+            refreshed_us: created_us,
+            id: spec.id.clone(),
+            generation,
+            listen,
+            connect: spec.connect,
+            destination: spec.destination,
+            listen_device: None,
+            connect_device: None,
+            created_us,
+            transport: Transport::Tcp(tcp),
+            closing: None,
+        });
+        self.live += 1;
+        self.by_id.insert(spec.id.clone(), slot);
+        let snapshot = self.snapshot(slot, SessionState::Connecting);
+        info!(
+            session = %spec.id, shard = self.shard, listen = %listen, connect = %spec.connect,
+            destination = %spec.destination, framing = ?spec.options.tcp.framing,
+            "tcp session created"
+        );
+        self.emit(&spec.id, EventKind::Created(Box::new(snapshot.clone())));
+        Ok(snapshot)
     }
 
     fn emit(&self, id: &str, kind: EventKind) {
@@ -577,12 +804,12 @@ impl PacketHandler for SessionTable {
         if entry.closing.is_some() {
             return Action::Drop;
         }
-        match entry
-            .relay
-            .on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us)
-        {
+        let Transport::Udp { relay, tokens, .. } = &mut entry.transport else {
+            return Action::Drop;
+        };
+        match relay.on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us) {
             Verdict::Send { via, to } => Action::Send {
-                via: entry.tokens[via as usize],
+                via: tokens[via as usize],
                 to,
                 tag: tag(slot, entry.generation, via),
             },
@@ -599,12 +826,15 @@ impl PacketHandler for SessionTable {
         if entry.generation & 0xff_ffff != generation {
             return;
         }
+        let Transport::Udp { relay, .. } = &mut entry.transport else {
+            return;
+        };
         match result {
-            Ok(len) => entry.relay.on_sent(leg, len, residence_us),
+            Ok(len) => relay.on_sent(leg, len, residence_us),
             Err(e) => {
                 debug!(session = %entry.id, error = %e, "send failed");
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                entry.relay.on_send_failed(leg, errno, unix_now_us());
+                relay.on_send_failed(leg, errno, unix_now_us());
             }
         }
     }
@@ -616,7 +846,9 @@ impl PacketHandler for SessionTable {
         let (slot, leg) = (sref.session, sref.leg);
         if let Some(Some(entry)) = self.sessions.get_mut(slot as usize) {
             debug!(session = %entry.id, ?leg, errno, "socket error");
-            entry.relay.on_socket_error(leg, errno, unix_now_us());
+            if let Transport::Udp { relay, .. } = &mut entry.transport {
+                relay.on_socket_error(leg, errno, unix_now_us());
+            }
         }
     }
 
