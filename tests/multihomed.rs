@@ -645,3 +645,78 @@ fn allow_nonlocal_accepts_a_floating_address() {
     };
     exchange(&call, 5, 1);
 }
+
+/// A network interruption: the relay's interface towards the server goes down mid-call. The
+/// session must report ERROR with the cause, and come back to FORWARDING once the link is up
+/// and the server answers again.
+#[test]
+fn a_downed_interface_is_an_error_until_the_link_returns() {
+    if !have_root("a_downed_interface_is_an_error_until_the_link_returns") {
+        return;
+    }
+    let topo = Topology::up("down");
+    let relay = NsRelay::start(&topo.relay(), &[]);
+    let call = open_call(&topo, &relay, "down-call", V4, 40000, 0);
+    exchange(&call, 3, 0);
+    assert_eq!(
+        status(&relay, &call.id).state,
+        v1::SessionState::Forwarding as i32
+    );
+
+    topo.ip(&topo.relay(), &["link", "set", dev::RELAY_B, "down"]);
+    let started = std::time::Instant::now();
+    let mut seq = 100u16;
+    let error = loop {
+        let p = rtp(0, seq, u32::from(seq) * 160, 0x0d0d, 160);
+        call.client_rtp
+            .send_to(&p, call.listen)
+            .expect("client send");
+        seq += 1;
+        let s = status(&relay, &call.id);
+        if s.state == v1::SessionState::Error as i32 {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "no ERROR within 3 s of the link going down"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    eprintln!("link down -> ERROR after {took:?}: {}", error.last_error);
+    assert!(
+        error.last_error.contains("unreachable") || error.last_error.contains("down"),
+        "{}",
+        error.last_error
+    );
+
+    topo.ip(&topo.relay(), &["link", "set", dev::RELAY_B, "up"]);
+    // The server answers once media reaches it again (the connected route returns with the link).
+    let back = std::time::Instant::now();
+    loop {
+        let p = rtp(0, seq, u32::from(seq) * 160, 0x0d0d, 160);
+        call.client_rtp
+            .send_to(&p, call.listen)
+            .expect("client send");
+        seq += 1;
+        if let Ok(r) = recv(&call.srv_rtp) {
+            call.srv_rtp
+                .send_to(&r.data, call.connect)
+                .expect("server answers");
+            break;
+        }
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(5),
+            "media did not resume after link up"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while status(&relay, &call.id).state != v1::SessionState::Forwarding as i32 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no FORWARDING after the link came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("link up -> FORWARDING after {:?}", back.elapsed());
+}
