@@ -1,4 +1,4 @@
-//! The benchmark's RTP test packets and the sink's per-flow sequence bookkeeping.
+//! The benchmark's RTP test packets and the sink's per-flow sequence and jitter bookkeeping.
 //!
 //! Packets are real RTP v2 (so a relay that inspects headers treats them as media) and carry, at
 //! the start of the payload, the sender's CLOCK_MONOTONIC timestamp and the flow index, so the
@@ -10,12 +10,24 @@ pub const HEADER_LEN: usize = 12;
 pub const MIN_PACKET_LEN: usize = HEADER_LEN + 12;
 /// RTP timestamp increment per packet: 20 ms of 8 kHz audio (PCMU, payload type 0).
 pub const TIMESTAMP_STEP: u32 = 160;
+/// Set in the flow-index field of priming packets: the one packet per flow sent before the
+/// measurement so that a latching relay learns the client address. Sinks skip such packets, so
+/// a late or retried priming packet never counts as traffic (or as a duplicate).
+pub const PRIME_FLAG: u32 = 1 << 31;
 
 /// Writes the header and the measurement fields into `buf` (at least `MIN_PACKET_LEN` bytes;
 /// the rest of the payload is left as is).
-pub fn write_packet(buf: &mut [u8], seq: u16, timestamp: u32, ssrc: u32, sent_ns: u64, flow: u32) {
+pub fn write_packet(
+    buf: &mut [u8],
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    sent_ns: u64,
+    flow: u32,
+) {
     buf[0] = 0x80; // V=2, no padding, no extension, no CSRC
-    buf[1] = 0; // no marker, PT 0 (PCMU)
+    buf[1] = payload_type & 0x7f; // no marker
     buf[2..4].copy_from_slice(&seq.to_be_bytes());
     buf[4..8].copy_from_slice(&timestamp.to_be_bytes());
     buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
@@ -76,6 +88,11 @@ impl Default for SeqTracker {
 }
 
 impl SeqTracker {
+    /// The extended highest sequence number seen so far (offset by 65536, see `observe`).
+    pub fn highest(&self) -> Option<i64> {
+        self.highest
+    }
+
     pub fn observe(&mut self, seq: u16) -> Arrival {
         let Some(highest) = self.highest else {
             // Start well above zero so early reordered packets never go negative.
@@ -130,6 +147,40 @@ impl SeqTracker {
     }
 }
 
+/// RFC 3550 (section 6.4.1, appendix A.8) interarrival jitter of one flow: the smoothed mean
+/// deviation of the difference in transit time between consecutive arrivals,
+/// `J += (|D| - J) / 16`.
+///
+/// The sending time is the exact CLOCK_MONOTONIC stamp in the payload rather than the RTP
+/// timestamp, in nanoseconds rather than clock ticks: the RTP timestamp is only the nominal
+/// sending time, so using it would add the sender's own pacing error (and 125 us of
+/// quantisation at 8 kHz) to what is meant to be the path's jitter.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Jitter {
+    last_transit: Option<i64>,
+    jitter_ns: f64,
+    /// Transit differences folded into the estimate.
+    samples: u64,
+}
+
+impl Jitter {
+    pub fn observe(&mut self, sent_ns: u64, arrival_ns: u64) {
+        // Both are CLOCK_MONOTONIC readings far below 2^63, so the difference fits.
+        let transit = arrival_ns.wrapping_sub(sent_ns) as i64;
+        if let Some(last) = self.last_transit {
+            let d = transit.wrapping_sub(last).unsigned_abs() as f64;
+            self.jitter_ns += (d - self.jitter_ns) / 16.0;
+            self.samples += 1;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// The current estimate in nanoseconds; `None` before the second packet.
+    pub fn value_ns(&self) -> Option<f64> {
+        (self.samples > 0).then_some(self.jitter_ns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +188,8 @@ mod tests {
     #[test]
     fn packet_round_trip() {
         let mut buf = [0u8; 172];
-        write_packet(&mut buf, 65535, 160, 0xdead_beef, 123_456_789, 42);
+        write_packet(&mut buf, 8, 65535, 160, 0xdead_beef, 123_456_789, 42);
+        assert_eq!(buf[1], 8);
         let p = parse_packet(&buf).expect("valid packet");
         assert_eq!(
             p,
@@ -171,5 +223,24 @@ mod tests {
         // A slot reused after the window moved on is not mistaken for a duplicate.
         assert_eq!(t.observe(2 + 1024), Arrival::InOrder);
         assert_eq!(t.observe(2 + 1023), Arrival::Reordered);
+    }
+
+    #[test]
+    fn jitter_follows_rfc3550() {
+        let mut j = Jitter::default();
+        j.observe(0, 1_000);
+        assert_eq!(j.value_ns(), None);
+        // Constant transit time: no jitter at all.
+        for k in 1..100u64 {
+            j.observe(k * 20_000_000, k * 20_000_000 + 1_000);
+        }
+        assert_eq!(j.value_ns(), Some(0.0));
+        // Transit alternating by 1.6 ms converges to 1.6 ms.
+        for k in 100..2000u64 {
+            let extra = if k % 2 == 0 { 1_600_000 } else { 0 };
+            j.observe(k * 20_000_000, k * 20_000_000 + 1_000 + extra);
+        }
+        let v = j.value_ns().expect("estimate");
+        assert!((v - 1_600_000.0).abs() < 1.0, "{v}");
     }
 }

@@ -292,3 +292,20 @@ pub fn tight_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only affects this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
 }
+
+/// Raises the soft limit on open files to the hard limit: every flow needs its own sockets, and
+/// the usual soft limit of 1024 would cap a load tool at a few hundred sessions. Failure only
+/// means the limit stays as it was (and binding will say so).
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-parameter for getrlimit and a valid input for setrlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

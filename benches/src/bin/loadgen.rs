@@ -5,19 +5,20 @@
 //! traffic there). Sender and sink are separate pinned threads sharing only CLOCK_MONOTONIC, so
 //! the one-way latency is measured without any cross-thread traffic per packet. The result is a
 //! single JSON object on stdout; progress markers for the orchestrator go to stderr.
+//!
+//! The sender and the sink are the library's ([`rtprelay_benches::sender`],
+//! [`rtprelay_benches::sink`]), shared with `rtp-blaster`; this binary is the bare measuring
+//! core the `bench-forward` orchestrator drives.
 
-mod sender;
-mod sink;
-
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use rtprelay_benches::{rtp, sys};
+use rtprelay_benches::sender::{self, TxStream};
+use rtprelay_benches::sink::{self, RxSocket};
+use rtprelay_benches::{rtp, sys, targets};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -46,14 +47,6 @@ pub struct Args {
     drain_ms: u64,
 }
 
-/// One line of the targets file.
-#[derive(Debug, Clone, Copy)]
-pub struct Target {
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub sink: SocketAddr,
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.size < rtp::MIN_PACKET_LEN || args.size > 65507 {
@@ -66,7 +59,7 @@ fn main() -> Result<()> {
         bail!("--rate must be positive");
     }
     sys::install_stop_handler().context("signal handlers")?;
-    let targets = read_targets(&args.targets)?;
+    let targets = targets::read(&args.targets)?;
 
     // Bind every sink before the first packet leaves, or the first ones would bounce.
     let sinks = targets
@@ -82,55 +75,73 @@ fn main() -> Result<()> {
             Ok(s)
         })
         .collect::<Result<Vec<_>>>()?;
+    let rx_socks: Vec<RxSocket> = sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| RxSocket {
+            fd: s.as_raw_fd(),
+            flow: i as u32,
+            group: 0,
+        })
+        .collect();
+    let mut streams: Vec<TxStream> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| TxStream::new(s.as_raw_fd(), i as u32, 0, f64::from(rtp::TIMESTAMP_STEP)))
+        .collect();
 
-    let stop_sink = Arc::new(AtomicBool::new(false));
-    let sink_thread = {
-        let stop = Arc::clone(&stop_sink);
-        let (core, size) = (args.recv_core, args.size);
-        std::thread::Builder::new()
+    let stop_sink = AtomicBool::new(false);
+    let cfg = sender::Config {
+        rate: args.rate as f64,
+        duration: Duration::from_secs_f64(args.seconds),
+        size: args.size,
+        core: args.core,
+        markers: true,
+    };
+    // The sockets outlive both threads (scoped), which only use their descriptors.
+    let (sent, received) = std::thread::scope(|s| {
+        let sink_thread = std::thread::Builder::new()
             .name("loadgen-sink".into())
-            .spawn(move || sink::run(sinks, size, core, &stop))
-            .context("spawn sink thread")?
-    };
-    let sender_thread = {
-        let cfg = sender::Config {
-            rate: args.rate,
-            duration: Duration::from_secs_f64(args.seconds),
-            size: args.size,
-            core: args.core,
-        };
-        std::thread::Builder::new()
+            .spawn_scoped(s, || {
+                sink::run(&rx_socks, 1, args.size, args.recv_core, &stop_sink, None)
+            })
+            .context("spawn sink thread")?;
+        let sender_thread = std::thread::Builder::new()
             .name("loadgen-send".into())
-            .spawn(move || sender::run(sources, &cfg))
-            .context("spawn sender thread")?
-    };
+            .spawn_scoped(s, || sender::run(&mut streams, &cfg, None))
+            .context("spawn sender thread");
+        let sent = match sender_thread {
+            Ok(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("sender thread panicked")),
+            Err(e) => Err(e),
+        };
+        // Let packets still queued in the relay arrive before the sink stops counting.
+        if sent.is_ok() {
+            std::thread::sleep(Duration::from_millis(args.drain_ms));
+        }
+        stop_sink.store(true, Ordering::Relaxed);
+        let received = sink_thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("sink thread panicked"));
+        anyhow::Ok((sent??, received??))
+    })?;
 
-    let sent = sender_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("sender thread panicked"))?;
-    // Let packets still queued in the relay arrive before the sink stops counting.
-    std::thread::sleep(Duration::from_millis(args.drain_ms));
-    stop_sink.store(true, Ordering::Relaxed);
-    let received = sink_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("sink thread panicked"))?;
-    let (sent, received) = (sent?, received?);
-
-    println!("{}", report(&sent, &received)?);
+    println!("{}", report(&sent, &received));
     Ok(())
 }
 
-fn report(sent: &sender::Sent, rx: &sink::Received) -> Result<serde_json::Value> {
-    let total_sent: u64 = sent.per_flow.iter().sum();
+fn report(sent: &sender::Sent, rx: &sink::Received) -> serde_json::Value {
+    let total_sent = sent.total();
     let total_rx: u64 = rx.flows.iter().map(|f| f.received).sum();
     let lost: u64 = sent
-        .per_flow
+        .per_stream
         .iter()
         .zip(&rx.flows)
         .map(|(s, r)| s.saturating_sub(r.received))
         .sum();
     let secs = sent.duration.as_secs_f64();
-    let h = &rx.latency_ns;
+    let h = &rx.latency_ns[0];
     let us = |q: f64| {
         if h.is_empty() {
             0.0
@@ -138,8 +149,8 @@ fn report(sent: &sender::Sent, rx: &sink::Received) -> Result<serde_json::Value>
             h.value_at_quantile(q) as f64 / 1000.0
         }
     };
-    Ok(json!({
-        "flows": sent.per_flow.len(),
+    json!({
+        "flows": sent.per_stream.len(),
         "sent": total_sent,
         "received": total_rx,
         "lost": lost,
@@ -157,36 +168,5 @@ fn report(sent: &sender::Sent, rx: &sink::Received) -> Result<serde_json::Value>
         "send_errors": sent.errors,
         "misrouted": rx.misrouted,
         "invalid": rx.invalid,
-    }))
-}
-
-fn read_targets(path: &Path) -> Result<Vec<Target>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut targets = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [src, dst, sink] = fields[..] else {
-            bail!("{}:{}: expected `SRC DST SINK`", path.display(), n + 1);
-        };
-        let addr = |s: &str| {
-            s.parse::<SocketAddr>()
-                .with_context(|| format!("{}:{}: bad address {s:?}", path.display(), n + 1))
-        };
-        targets.push(Target {
-            src: addr(src)?,
-            dst: addr(dst)?,
-            sink: addr(sink)?,
-        });
-    }
-    if targets.is_empty() {
-        bail!("{} lists no flows", path.display());
-    }
-    if targets.len() > u32::MAX as usize {
-        bail!("too many flows");
-    }
-    Ok(targets)
+    })
 }

@@ -1,0 +1,373 @@
+//! Smoke test of the RTP blaster (`rtp-blaster`, in the benches crate) against the real relay:
+//! a few seconds of realistic two-way RTP through 20 sessions the blaster creates over gRPC.
+//! It guards both tools at once: the relay must forward every packet of a light load, and the
+//! blaster must report figures that make sense and remove its sessions afterwards.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Relay;
+use rtprelay_proto::v1;
+
+const SESSIONS: u64 = 20;
+const PPS_PER_FLOW: u64 = 50;
+const SECONDS: u64 = 2;
+
+/// Builds the blaster with the same profile as this test and returns its path.
+///
+/// The binary belongs to another package, so Cargo does not build it for this test; building
+/// it here is a no-op when `cargo test --workspace` already did.
+fn build_blaster() -> PathBuf {
+    // This test runs from <target>/<profile>/deps/; the binary lands in <target>/<profile>/.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in <target>/<profile>/deps")
+        .to_path_buf();
+    // The same target directory, so an up-to-date binary is not built again.
+    let target_dir = profile_dir.parent().expect("<target> above <profile>");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "rtprelay-benches",
+            "--bin",
+            "rtp-blaster",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "building rtp-blaster failed: {status}");
+    let bin = profile_dir.join("rtp-blaster");
+    assert!(bin.exists(), "{} missing after the build", bin.display());
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
+    let blaster = build_blaster();
+    let (relay, mut client) = Relay::start(1, &[]).await;
+    let json_path = std::env::temp_dir().join(format!(
+        "rtp-blaster-smoke-{}-{}.json",
+        std::process::id(),
+        relay.grpc.port()
+    ));
+
+    let mut child = Command::new(&blaster)
+        .args(["--grpc", &format!("http://{}", relay.grpc)])
+        .args(["--sessions", &SESSIONS.to_string()])
+        .args(["--pps-per-session", &PPS_PER_FLOW.to_string()])
+        .args(["--direction", "both", "--seconds", &SECONDS.to_string()])
+        .args(["--run-id", &format!("smoke{}", std::process::id())])
+        .arg("--json")
+        .arg(&json_path)
+        .arg("--quiet")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rtp-blaster");
+    let deadline = Instant::now() + Duration::from_secs(SECONDS + 15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for rtp-blaster") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rtp-blaster did not finish within {} s", SECONDS + 15);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = child
+        .stderr
+        .take()
+        .map(|mut e| {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+            s
+        })
+        .unwrap_or_default();
+    assert!(status.success(), "rtp-blaster failed ({status}):\n{stderr}");
+    let text = std::fs::read_to_string(&json_path).expect("JSON record written");
+    let _ = std::fs::remove_file(&json_path);
+    let doc = Json::parse(&text).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{text}"));
+    let t = doc.at("trials.0");
+    let ctx = format!("blaster output:\n{stderr}");
+
+    // Every packet of a light load arrives, once, at the right socket.
+    let expected = (SESSIONS * 2 * PPS_PER_FLOW * SECONDS) as f64;
+    let sent = t.num("sent");
+    assert!(
+        (sent - expected).abs() <= expected * 0.02,
+        "sent {sent}, expected ~{expected}\n{ctx}"
+    );
+    assert_eq!(t.num("received"), sent, "{ctx}");
+    for zero in [
+        "lost",
+        "silent_flows",
+        "unprimed_sessions",
+        "misrouted",
+        "duplicates",
+        "send_errors",
+    ] {
+        assert_eq!(t.num(zero), 0.0, "{zero} should be 0\n{ctx}");
+    }
+    assert_eq!(t.num("flows"), (2 * SESSIONS) as f64, "{ctx}");
+    for dir in ["forward", "reverse"] {
+        let d = t.at(&format!("directions.{dir}"));
+        assert_eq!(d.num("sent"), d.num("received"), "{dir}\n{ctx}");
+        assert!(
+            d.num("sent") >= expected * 0.45,
+            "{dir} sent too little\n{ctx}"
+        );
+    }
+    assert!(
+        matches!(t.at("pass"), Json::Bool(true)),
+        "verdict should be pass\n{ctx}"
+    );
+
+    // Latency: one sample per packet, ordered percentiles, loopback-plausible values (generous
+    // bounds: a debug build on a busy CI machine).
+    let lat = t.at("latency_us");
+    assert_eq!(lat.num("count"), sent, "{ctx}");
+    let p: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|k| lat.num(k))
+        .collect();
+    assert!(p[0] > 0.0, "p50 must be positive\n{ctx}");
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles out of order {p:?}\n{ctx}"
+    );
+    assert!(
+        p[0] < 50_000.0,
+        "p50 {} us implausible on loopback\n{ctx}",
+        p[0]
+    );
+    assert!(p[4] < 2_000_000.0, "max {} us implausible\n{ctx}", p[4]);
+    let jitter = t.at("jitter_us");
+    assert_eq!(jitter.num("flows"), (2 * SESSIONS) as f64, "{ctx}");
+    assert!(
+        jitter.num("median") >= 0.0 && jitter.num("median") <= jitter.num("max"),
+        "{ctx}"
+    );
+    assert!(jitter.num("max") < 100_000.0, "{ctx}");
+
+    // The relay saw the same traffic (plus one priming packet per session forward), and the
+    // blaster removed every session it created.
+    let relay_fwd = t.at("relay_counters.forward").num("packets_sent");
+    let fwd = t.at("directions.forward").num("sent");
+    // Priming packets may be retried on a slow machine, hence at least.
+    assert!(relay_fwd >= fwd + SESSIONS as f64, "{ctx}");
+    assert_eq!(
+        t.at("relay_counters.reverse").num("packets_sent"),
+        t.at("directions.reverse").num("sent"),
+        "{ctx}"
+    );
+    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
+    let listed = client
+        .list_sessions(v1::ListSessionsRequest::default())
+        .await
+        .expect("ListSessions")
+        .into_inner();
+    assert_eq!(listed.total, 0, "sessions left on the relay: {listed:?}");
+    drop(relay);
+}
+
+/// Just enough JSON to read the blaster's record (the root package has no JSON dependency).
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn parse(text: &str) -> Result<Json, String> {
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value()?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(format!("trailing data at byte {}", p.i));
+        }
+        Ok(v)
+    }
+
+    /// The value at a dotted path (`trials.0.latency_us`); panics with the path if absent.
+    fn at(&self, path: &str) -> &Json {
+        let mut v = self;
+        for key in path.split('.') {
+            v = match v {
+                Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                Json::Arr(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            }
+            .unwrap_or_else(|| panic!("no {path:?} in the JSON record"));
+        }
+        v
+    }
+
+    fn num(&self, path: &str) -> f64 {
+        match self.at(path) {
+            Json::Num(n) => *n,
+            other => panic!("{path:?} is not a number: {other:?}"),
+        }
+    }
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn ws(&mut self) {
+        while self.s.get(self.i).is_some_and(u8::is_ascii_whitespace) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, lit: &str) -> Result<(), String> {
+        if self.s[self.i..].starts_with(lit.as_bytes()) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            Err(format!("expected {lit:?} at byte {}", self.i))
+        }
+    }
+
+    fn value(&mut self) -> Result<Json, String> {
+        self.ws();
+        match self.s.get(self.i) {
+            Some(b'n') => self.eat("null").map(|_| Json::Null),
+            Some(b't') => self.eat("true").map(|_| Json::Bool(true)),
+            Some(b'f') => self.eat("false").map(|_| Json::Bool(false)),
+            Some(b'"') => self.string().map(Json::Str),
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.s.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Ok(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(Json::Arr(items));
+                        }
+                        _ => return Err(format!("bad array at byte {}", self.i)),
+                    }
+                }
+            }
+            Some(b'{') => {
+                self.i += 1;
+                let mut fields = Vec::new();
+                self.ws();
+                if self.s.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Ok(Json::Obj(fields));
+                }
+                loop {
+                    self.ws();
+                    let key = self.string()?;
+                    self.ws();
+                    self.eat(":")?;
+                    fields.push((key, self.value()?));
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(Json::Obj(fields));
+                        }
+                        _ => return Err(format!("bad object at byte {}", self.i)),
+                    }
+                }
+            }
+            Some(_) => {
+                let start = self.i;
+                while self
+                    .s
+                    .get(self.i)
+                    .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
+                {
+                    self.i += 1;
+                }
+                std::str::from_utf8(&self.s[start..self.i])
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .map(Json::Num)
+                    .ok_or_else(|| format!("bad number at byte {start}"))
+            }
+            None => Err("unexpected end".into()),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.eat("\"")?;
+        let mut out = Vec::new();
+        loop {
+            let Some(&c) = self.s.get(self.i) else {
+                return Err("unterminated string".into());
+            };
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    let Some(&e) = self.s.get(self.i) else {
+                        return Err("bad escape".into());
+                    };
+                    self.i += 1;
+                    match e {
+                        b'n' => out.push(b'\n'),
+                        b't' => out.push(b'\t'),
+                        b'r' => out.push(b'\r'),
+                        b'u' => {
+                            // Control characters only, in what the blaster writes; keep a
+                            // placeholder rather than decoding surrogates.
+                            self.i += 4;
+                            out.push(b'?');
+                        }
+                        other => out.push(other),
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn json_reader_handles_the_record_shapes() {
+    let v = Json::parse(r#"{"a": [1, 2.5e3, -0.5], "b": {"c": null, "d": "x\"y"}, "e": true}"#)
+        .expect("valid");
+    assert_eq!(v.num("a.1"), 2500.0);
+    assert_eq!(v.num("a.2"), -0.5);
+    assert_eq!(v.at("b.c"), &Json::Null);
+    assert_eq!(v.at("b.d"), &Json::Str("x\"y".into()));
+    assert_eq!(v.at("e"), &Json::Bool(true));
+    assert!(Json::parse("{\"a\": 1,}").is_err());
+    assert!(Json::parse("[1 2]").is_err());
+}
