@@ -90,6 +90,8 @@ async fn loss_and_reordering_are_measured_and_alerts_fire_once_and_clear() {
         alerts: Some(v1::AlertThresholds {
             loss_pct: Some(3.0),
             loss_window_ms: Some(500),
+            // Only the loss alert is under test here.
+            jitter_ms: Some(0.0),
             ..Default::default()
         }),
         stats_interval_ms: Some(0),
@@ -107,7 +109,8 @@ async fn loss_and_reordering_are_measured_and_alerts_fire_once_and_clear() {
     // 2000 packets at 1 ms pacing: every 20th sequence number is never sent (5.0% loss) and
     // the pairs starting at 25, 75, 125, ... are swapped (reordered, not lost).
     let send = |seq: u16| {
-        let pkt = rtp(0, seq, u32::from(seq) * 160, 0xdead_beef, 160);
+        // 1 ms of PCMU per packet (8 samples), matching the 1 ms pacing.
+        let pkt = rtp(0, seq, u32::from(seq) * 8, 0xdead_beef, 160);
         p.client.send_to(&pkt, p.listen).unwrap();
     };
     let counter = count_in_background(&p.dest);
@@ -163,7 +166,9 @@ async fn loss_and_reordering_are_measured_and_alerts_fire_once_and_clear() {
         else {
             break;
         };
-        if let Some(Kind::Alert(a)) = e.kind {
+        if let Some(Kind::Alert(a)) = e.kind
+            && a.kind == v1::AlertKind::HighLoss as i32
+        {
             alerts.push(a);
         }
     }
