@@ -54,6 +54,9 @@ pub struct Cli {
     /// Serve the rtpproxy control protocol here (udp:IP:PORT or udp6:[IP]:PORT; repeatable).
     #[arg(long)]
     pub rtpproxy_listen: Vec<String>,
+    /// Directory rtpproxy `R` writes pcap recordings into (empty: recording disabled).
+    #[arg(long)]
+    pub record_dir: Option<PathBuf>,
     /// Print the built-in configuration and exit.
     #[arg(long)]
     pub print_default_config: bool,
@@ -172,6 +175,9 @@ pub struct Rtpproxy {
     pub allow: Vec<IpAddr>,
     pub ttl_s: u64,
     pub notify: Vec<String>,
+    /// Where `R` writes pcap files; empty disables recording.
+    #[serde(default)]
+    pub record_dir: PathBuf,
 }
 
 impl Rtpproxy {
@@ -288,11 +294,20 @@ impl Config {
         if !cli.rtpproxy_listen.is_empty() {
             config.rtpproxy.listen = cli.rtpproxy_listen.clone();
         }
+        if let Some(dir) = &cli.record_dir {
+            config.rtpproxy.record_dir = dir.clone();
+        }
         config.check()?;
         Ok(config)
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        if !self.rtpproxy.record_dir.as_os_str().is_empty() && !self.rtpproxy.record_dir.is_dir() {
+            bail!(
+                "rtpproxy.record_dir {} is not a directory",
+                self.rtpproxy.record_dir.display()
+            );
+        }
         if self.media.port_min > self.media.port_max {
             bail!(
                 "media.port_min {} is above media.port_max {}",

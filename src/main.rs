@@ -207,6 +207,8 @@ async fn start_rtpproxy(
             media_v6,
             ttl: Duration::from_secs(config.rtpproxy.ttl_s.max(1)),
             defaults: config.sessions.defaults(),
+            record_dir: (!config.rtpproxy.record_dir.as_os_str().is_empty())
+                .then(|| config.rtpproxy.record_dir.clone()),
         },
         notifier,
     ));

@@ -184,6 +184,18 @@ pub fn session(s: &SessionSnapshot) -> v1::SessionInfo {
             connect_attempts: c.connect_attempts,
             connect_failures: c.connect_failures,
         }),
+        fork: Some(v1::MediaFork {
+            copy_target: s
+                .fork
+                .copy_target
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            copies_sent: s.fork.copies_sent,
+            copies_failed: s.fork.copies_failed,
+            recording: s.fork.recording,
+            records_queued: s.fork.records_queued,
+            records_dropped: s.fork.records_dropped,
+        }),
     }
 }
 

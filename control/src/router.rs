@@ -4,9 +4,9 @@
 //! coordination: only the owning shard ever hears of an ID. The hash (FNV-1a) is fixed, not
 //! seeded per process, so the mapping is reproducible in logs and tests.
 
-use rtprelay_dataplane::command::Reply;
+use rtprelay_dataplane::command::{RecordFile, Reply};
 use rtprelay_dataplane::{
-    Command, CreateError, ListPage, ListQuery, SessionSnapshot, SessionSpec, ShardHandle,
+    Command, CreateError, ForkError, ListPage, ListQuery, SessionSnapshot, SessionSpec, ShardHandle,
 };
 use tokio::sync::oneshot;
 
@@ -84,6 +84,28 @@ impl Router {
             reply,
         })
         .await
+    }
+
+    /// Starts or stops copying a session's RTP to a UDP target.
+    pub async fn set_copy(
+        &self,
+        id: String,
+        target: Option<std::net::SocketAddr>,
+    ) -> Result<Result<(), ForkError>, Unavailable> {
+        let shard = shard_for(&id, self.shards.len());
+        self.ask(shard, |reply| Command::SetCopy { id, target, reply })
+            .await
+    }
+
+    /// Starts or stops recording a session's RTP into a pcap file.
+    pub async fn set_record(
+        &self,
+        id: String,
+        file: Option<RecordFile>,
+    ) -> Result<Result<(), ForkError>, Unavailable> {
+        let shard = shard_for(&id, self.shards.len());
+        self.ask(shard, |reply| Command::SetRecord { id, file, reply })
+            .await
     }
 
     pub async fn get(&self, id: String) -> Result<Option<SessionSnapshot>, Unavailable> {

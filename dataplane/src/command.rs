@@ -70,6 +70,26 @@ pub struct ListPage {
     pub total: usize,
 }
 
+/// Why forking or recording a session's media was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    #[error("no such session")]
+    UnknownSession,
+    #[error("only UDP sessions can be copied or recorded")]
+    NotUdp,
+    #[error("copy target {0} is not of the session's address family")]
+    FamilyMismatch(std::net::SocketAddr),
+    #[error("starting the pcap writer failed: {0}")]
+    Writer(std::io::Error),
+}
+
+/// A pcap file opened by the control plane for a recording, with its path for logs.
+#[derive(Debug)]
+pub struct RecordFile {
+    pub file: std::fs::File,
+    pub path: std::path::PathBuf,
+}
+
 pub type Reply<T> = oneshot::Sender<T>;
 
 /// A control-plane request to one shard.
@@ -98,6 +118,20 @@ pub enum Command {
         client: Option<std::net::SocketAddr>,
         destination: Option<std::net::SocketAddr>,
         reply: Reply<Option<SessionSnapshot>>,
+    },
+    /// Also send every relayed RTP packet of `id` (both directions) to `target`, from the
+    /// session's connect-side RTP socket; `None` stops copying.
+    SetCopy {
+        id: String,
+        target: Option<std::net::SocketAddr>,
+        reply: Reply<Result<(), ForkError>>,
+    },
+    /// Record every relayed RTP packet of `id` (both directions) into `file`; `None` stops
+    /// recording and closes the file. Starting while already recording keeps the first file.
+    SetRecord {
+        id: String,
+        file: Option<RecordFile>,
+        reply: Reply<Result<(), ForkError>>,
     },
     List {
         query: ListQuery,

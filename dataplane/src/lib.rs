@@ -9,6 +9,7 @@ pub mod event;
 pub mod iface;
 pub mod io;
 pub mod ports;
+pub mod record;
 pub mod rtp;
 pub mod session;
 pub mod shard;
@@ -20,10 +21,10 @@ pub mod time;
 
 use std::sync::Arc;
 
-pub use command::{Command, CreateError, EndpointField, ListPage, ListQuery};
+pub use command::{Command, CreateError, EndpointField, ForkError, ListPage, ListQuery};
 pub use config::DataplaneConfig;
 pub use event::{CloseReason, Event, EventKind, EventSink};
-pub use session::{Protocol, SessionSnapshot, SessionSpec, SessionState};
+pub use session::{ForkSnapshot, Protocol, SessionSnapshot, SessionSpec, SessionState};
 pub use shard::{ShardHandle, StartError};
 
 /// The running shards.

@@ -36,8 +36,8 @@ pub const CAPABILITIES: &[Capability] = &[
     // `z<ms>` is parsed, but the data plane does not repacketize: announcing it would make
     // controllers rely on ptime conversion that never happens.
     cap("20071116", false, "RTP repacketization"),
-    // `C` is parsed; copying needs data-plane support first.
-    cap("20071218", false, "forking (copying) RTP streams"),
+    // `C` to a UDP target (copying to a file is not supported and answers E65).
+    cap("20071218", true, "forking (copying) RTP streams"),
     // `Q` statistics; OpenSIPS reads per-call counters with it.
     cap("20080403", true, "RTP statistics querying"),
     // `c<pt,...>` on U/L: the list is parsed and carried to the session.
@@ -60,8 +60,8 @@ pub const CAPABILITIES: &[Capability] = &[
     cap("20150617", false, "notify on the control connection"),
     // `&&` sub-commands; the parser rejects them with E3.
     cap("20191015", false, "&& sub-commands"),
-    // `N` (stop recording) exists only with recording support.
-    cap("20200226", false, "N command"),
+    // `N`: stops recording and copying.
+    cap("20200226", true, "N command"),
 ];
 
 /// Whether `VF <date>` answers `1`. Any other text, well-formed or not, answers `0`, as in
@@ -76,12 +76,13 @@ mod tests {
 
     #[test]
     fn kamailio_and_opensips_probes() {
-        for date in ["20040107", "20050322", "20080403", "20081102"] {
+        for date in [
+            "20040107", "20050322", "20080403", "20081102", "20071218", "20200226",
+        ] {
             assert!(supports(date), "{date}");
         }
         for date in [
-            "20071116", "20090810", "20150617", "20170313", "20071218", "20191015", "20081224",
-            "20150420",
+            "20071116", "20090810", "20150617", "20170313", "20191015", "20081224", "20150420",
         ] {
             assert!(!supports(date), "{date}");
         }

@@ -31,6 +31,10 @@ pub enum Action {
         via: Token,
         to: SocketAddr,
         tag: u64,
+        /// Also send the same bytes from socket `.0` to `.1` (media forking, rtpproxy `C`).
+        /// The buffer is shared by both sends and goes back to the pool when both completed;
+        /// the copy's completion comes back in [`PacketHandler::on_copy_sent`] with `tag`.
+        copy: Option<(Token, SocketAddr)>,
     },
 }
 
@@ -52,6 +56,8 @@ pub trait PacketHandler {
     /// A send requested by [`Action::Send`] completed (`Ok(bytes)`) or failed. `residence_us` is
     /// the time from the packet's arrival to this completion, when the arrival time is known.
     fn on_sent(&mut self, tag: u64, result: io::Result<usize>, residence_us: Option<u64>);
+    /// The copy requested alongside an [`Action::Send`] completed or failed.
+    fn on_copy_sent(&mut self, tag: u64, result: io::Result<usize>);
     /// A receive on `token` failed with `errno`, typically an ICMP error the kernel queued on
     /// the socket (port or host unreachable); receiving goes on.
     fn on_socket_error(&mut self, token: Token, errno: i32);

@@ -2,7 +2,9 @@
 //!
 //! Every socket has one multishot `recvmsg` armed, drawing from one provided-buffer ring; a
 //! received buffer is sent on with `sendmsg` straight from where the kernel wrote it and goes back
-//! to the ring when that send completes. Sockets sit in the ring's registered-file table (slot =
+//! to the ring when that send completes. A forked packet (rtpproxy `C`) gets a second `sendmsg`
+//! from the same buffer, to the copy target; the buffer's send slot counts its pending sends and
+//! the buffer returns to the ring when the last one completes, so forking copies no bytes. Sockets sit in the ring's registered-file table (slot =
 //! token) so no per-operation file lookup is paid. All sends produced by one pass go to the
 //! kernel in one `io_uring_enter`.
 //!
@@ -62,17 +64,24 @@ const KIND_RECV: u64 = 1 << KIND_SHIFT;
 const KIND_SEND: u64 = 2 << KIND_SHIFT;
 const KIND_CANCEL: u64 = 3 << KIND_SHIFT;
 const KIND_NOP: u64 = 4 << KIND_SHIFT;
+/// The second send of a forked packet (rtpproxy `C`), from the same buffer as its relay send.
+const KIND_COPY: u64 = 5 << KIND_SHIFT;
 const KIND_MASK: u64 = 0xff << KIND_SHIFT;
 
-/// Memory a pending `sendmsg` points into; one per receive buffer, because a buffer is in at
-/// most one send at a time.
+/// Memory the pending `sendmsg`s of one receive buffer point into; one per buffer. A buffer is
+/// in at most two sends at a time: its relay send and, when the session is forked, its copy.
+/// Both share the iovec (same bytes); each has its own header and destination.
 struct SendSlot {
     hdr: libc::msghdr,
     iov: libc::iovec,
     addr: libc::sockaddr_in6,
+    copy_hdr: libc::msghdr,
+    copy_addr: libc::sockaddr_in6,
     tag: u64,
     /// The packet's arrival time (0 = unknown), for its residence time.
     arrival_us: u64,
+    /// Sends still in flight from this buffer; it goes back to the ring when this reaches 0.
+    pending: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +116,12 @@ struct Shared {
     rearm: Vec<Token>,
 }
 
-/// A send to queue: from socket `via`, buffer `bid` (already filled into its send slot).
+/// A send to queue: from socket `via`, buffer `bid` (already filled into its send slot), and
+/// the copy's sending socket if the packet is forked.
 struct PendingSend {
     via: Token,
     bid: u16,
+    copy_via: Option<Token>,
 }
 
 impl UringIo {
@@ -160,8 +171,11 @@ impl UringIo {
                     iov_len: 0,
                 },
                 addr: unsafe { std::mem::zeroed() },
+                copy_hdr: unsafe { std::mem::zeroed() },
+                copy_addr: unsafe { std::mem::zeroed() },
                 tag: 0,
                 arrival_us: 0,
+                pending: 0,
             })
             .collect();
 
@@ -272,10 +286,18 @@ impl MediaIo for UringIo {
             match cqe.user_data() & KIND_MASK {
                 KIND_RECV => {
                     if let Some(send) = self.st.on_recv(&cqe, handler, fallback_us) {
+                        if let Some(copy_via) = send.copy_via {
+                            push_split(
+                                &submitter,
+                                &mut sq,
+                                &self.st.copy_entry(copy_via, send.bid),
+                            )?;
+                        }
                         push_split(&submitter, &mut sq, &self.st.send_entry(send))?;
                     }
                 }
-                KIND_SEND => self.st.on_send_done(&cqe, handler),
+                KIND_SEND => self.st.on_send_done(&cqe, handler, false),
+                KIND_COPY => self.st.on_send_done(&cqe, handler, true),
                 _ => {} // cancellations and nudges carry no work
             }
         }
@@ -336,6 +358,14 @@ impl Shared {
             .flags(libc::MSG_DONTWAIT as u32)
             .build()
             .user_data(KIND_SEND | u64::from(send.bid))
+    }
+
+    fn copy_entry(&self, via: Token, bid: u16) -> squeue::Entry {
+        let slot = &self.sends[usize::from(bid)];
+        opcode::SendMsg::new(types::Fixed(via), &raw const slot.copy_hdr)
+            .flags(libc::MSG_DONTWAIT as u32)
+            .build()
+            .user_data(KIND_COPY | u64::from(bid))
     }
 
     /// Handles one receive completion: hands the packet to `handler` and returns the send it
@@ -401,18 +431,26 @@ impl Shared {
             truncated: msg.is_payload_truncated(),
             arrival_us,
         };
-        let Action::Send { via, to, tag } = handler.on_packet(packet) else {
+        let Action::Send { via, to, tag, copy } = handler.on_packet(packet) else {
             return None;
         };
         let slot = &mut self.sends[usize::from(bid)];
         fill_send_slot(slot, &to, tag, payload.as_ptr(), payload.len());
         slot.arrival_us = arrival_us;
-        Some(PendingSend { via, bid })
+        slot.pending = 1;
+        let copy_via = copy.map(|(copy_via, copy_to)| {
+            fill_copy(slot, &copy_to);
+            slot.pending = 2;
+            copy_via
+        });
+        Some(PendingSend { via, bid, copy_via })
     }
 
-    fn on_send_done(&mut self, cqe: &cqueue::Entry, handler: &mut dyn PacketHandler) {
+    /// One send of buffer `bid` completed (the copy if `copy`); the buffer goes back to the
+    /// ring once its last pending send is done.
+    fn on_send_done(&mut self, cqe: &cqueue::Entry, handler: &mut dyn PacketHandler, copy: bool) {
         let bid = (cqe.user_data() & 0xffff) as u16;
-        let Some(slot) = self.sends.get(usize::from(bid)) else {
+        let Some(slot) = self.sends.get_mut(usize::from(bid)) else {
             return;
         };
         let res = cqe.result();
@@ -421,10 +459,17 @@ impl Shared {
         } else {
             Err(io::Error::from_raw_os_error(-res))
         };
-        let residence =
-            (slot.arrival_us != 0).then(|| unix_now_us().saturating_sub(slot.arrival_us));
-        handler.on_sent(slot.tag, result, residence);
-        self.bufs.push(bid);
+        if copy {
+            handler.on_copy_sent(slot.tag, result);
+        } else {
+            let residence =
+                (slot.arrival_us != 0).then(|| unix_now_us().saturating_sub(slot.arrival_us));
+            handler.on_sent(slot.tag, result, residence);
+        }
+        slot.pending = slot.pending.saturating_sub(1);
+        if slot.pending == 0 {
+            self.bufs.push(bid);
+        }
     }
 }
 
@@ -441,4 +486,15 @@ fn fill_send_slot(slot: &mut SendSlot, to: &SocketAddr, tag: u64, ptr: *const u8
     slot.hdr.msg_control = std::ptr::null_mut();
     slot.hdr.msg_controllen = 0;
     slot.tag = tag;
+}
+
+/// Points the slot's copy header at the same bytes as its relay send (`fill_send_slot` first).
+fn fill_copy(slot: &mut SendSlot, to: &SocketAddr) {
+    let namelen = sockaddr::encode(to, &mut slot.copy_addr);
+    slot.copy_hdr.msg_name = (&raw mut slot.copy_addr).cast();
+    slot.copy_hdr.msg_namelen = namelen;
+    slot.copy_hdr.msg_iov = &raw mut slot.iov;
+    slot.copy_hdr.msg_iovlen = 1;
+    slot.copy_hdr.msg_control = std::ptr::null_mut();
+    slot.copy_hdr.msg_controllen = 0;
 }

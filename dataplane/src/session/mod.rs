@@ -112,4 +112,22 @@ pub struct SessionSnapshot {
     pub shard: u32,
     /// TCP sessions only: framing in use and TCP-specific counters.
     pub tcp: Option<(crate::tcp::TcpFraming, crate::tcp::TcpCounters)>,
+    /// Media forking (rtpproxy `C`) and recording (rtpproxy `R`) of a UDP session.
+    pub fork: ForkSnapshot,
+}
+
+/// Where a session's RTP is copied or recorded, and how that went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForkSnapshot {
+    /// The UDP target every relayed RTP packet is also sent to, if any.
+    pub copy_target: Option<SocketAddr>,
+    pub copies_sent: u64,
+    /// Copies the kernel refused (e.g. ICMP-unreachable target, full socket buffer).
+    pub copies_failed: u64,
+    /// Whether RTP is being written into a pcap file.
+    pub recording: bool,
+    /// Packets handed to the pcap writer.
+    pub records_queued: u64,
+    /// Packets not recorded because the writer's queue was full (forwarding never waits).
+    pub records_dropped: u64,
 }

@@ -300,6 +300,12 @@ fn handle(shard: &Rc<RefCell<Shard>>, cmd: Command) {
         } => {
             let _ = reply.send(table.update(&id, client, destination));
         }
+        Command::SetCopy { id, target, reply } => {
+            let _ = reply.send(table.set_copy(&id, target));
+        }
+        Command::SetRecord { id, file, reply } => {
+            let _ = reply.send(table.set_record(&id, file));
+        }
         Command::List { query, reply } => {
             let _ = reply.send(table.list(&query));
         }

@@ -16,16 +16,19 @@ use std::sync::Arc;
 use socket2::Socket;
 use tracing::{debug, info, warn};
 
-use crate::command::{CreateError, EndpointField, ListPage, ListQuery, Reply};
+use crate::command::{
+    CreateError, EndpointField, ForkError, ListPage, ListQuery, RecordFile, Reply,
+};
 use crate::config::MediaInterface;
 use crate::event::{CloseReason, Event, EventKind, EventSink};
 use crate::iface;
 use crate::io::{Action, MediaIo, PacketHandler, Received, Token};
 use crate::ports::{PortAllocator, PortRange};
+use crate::record::Recorder;
 use crate::rtp;
 use crate::session::monitor::{Due, Monitor, Observed};
 use crate::session::udp::{UdpRelay, Verdict};
-use crate::session::{Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
+use crate::session::{ForkSnapshot, Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
 use crate::socket::{BindError, SocketOptions, UdpPair, bind_pair, bind_tcp_listener};
 use crate::tcp::TcpSession;
 use crate::time::unix_now_us;
@@ -58,6 +61,20 @@ struct Entry {
     monitor: Monitor,
     /// Last control-plane refresh (rtpproxy U/L), counted as activity for the idle timeout.
     refreshed_us: u64,
+    fork: Fork,
+}
+
+/// Media forking (rtpproxy `C`) and recording (rtpproxy `R`) of one UDP session. Only RTP is
+/// forked or recorded, and only packets the session relays.
+#[derive(Default)]
+struct Fork {
+    copy_target: Option<SocketAddr>,
+    copies_sent: u64,
+    copies_failed: u64,
+    /// The session's key in the shard's [`Recorder`] while recording.
+    recording: Option<u64>,
+    records_queued: u64,
+    records_dropped: u64,
 }
 
 /// What moves a session's bytes. The table creates, closes, supervises and snapshots both the
@@ -101,6 +118,8 @@ pub(crate) struct SessionTable {
     live: usize,
     /// How TCP session tasks report back; set by the shard once the table is shared.
     tcp_done: Option<TcpDone>,
+    /// The shard's pcap writer, started by the first recording.
+    recorder: Option<Recorder>,
 }
 
 /// Packs a send's owner into the 64-bit tag the I/O layer hands back on completion: session
@@ -148,6 +167,7 @@ impl SessionTable {
             due: Vec::new(),
             stopping: false,
             live: 0,
+            recorder: None,
         }
     }
 
@@ -229,6 +249,7 @@ impl SessionTable {
                 sockets: [Some(lr), Some(lc), Some(or), Some(oc)],
             },
             closing: None,
+            fork: Fork::default(),
         };
         self.sessions[slot as usize] = Some(entry);
         self.live += 1;
@@ -317,6 +338,60 @@ impl SessionTable {
         }
         entry.refreshed_us = unix_now_us();
         Some(self.snapshot(slot, SessionState::Forwarding))
+    }
+
+    /// Starts (`Some`) or stops (`None`) copying `id`'s relayed RTP to `target`. Copies leave
+    /// from the session's connect-side RTP socket, so the target must be of its family.
+    pub fn set_copy(&mut self, id: &str, target: Option<SocketAddr>) -> Result<(), ForkError> {
+        let slot = self.open_slot(id).ok_or(ForkError::UnknownSession)?;
+        let entry = self.sessions[slot as usize]
+            .as_mut()
+            .ok_or(ForkError::UnknownSession)?;
+        if !matches!(entry.transport, Transport::Udp { .. }) {
+            return Err(ForkError::NotUdp);
+        }
+        if let Some(t) = target
+            && t.is_ipv4() != entry.connect.is_ipv4()
+        {
+            return Err(ForkError::FamilyMismatch(t));
+        }
+        if entry.fork.copy_target != target {
+            info!(session = %entry.id, target = ?target, "media copy target set");
+        }
+        entry.fork.copy_target = target;
+        Ok(())
+    }
+
+    /// Starts (`Some`) or stops (`None`) recording `id`'s relayed RTP into a pcap file.
+    pub fn set_record(&mut self, id: &str, file: Option<RecordFile>) -> Result<(), ForkError> {
+        let slot = self.open_slot(id).ok_or(ForkError::UnknownSession)?;
+        let entry = self.sessions[slot as usize]
+            .as_mut()
+            .ok_or(ForkError::UnknownSession)?;
+        if !matches!(entry.transport, Transport::Udp { .. }) {
+            return Err(ForkError::NotUdp);
+        }
+        let Some(file) = file else {
+            if let Some(key) = entry.fork.recording.take()
+                && let Some(r) = &self.recorder
+            {
+                r.close(key);
+            }
+            return Ok(());
+        };
+        if entry.fork.recording.is_some() {
+            return Ok(());
+        }
+        let recorder = match &mut self.recorder {
+            Some(r) => r,
+            None => self
+                .recorder
+                .insert(Recorder::start(self.shard).map_err(ForkError::Writer)?),
+        };
+        let key = u64::from(slot) | (u64::from(entry.generation) << 32);
+        recorder.open(key, file.file, file.path);
+        entry.fork.recording = Some(key);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<SessionSnapshot> {
@@ -521,6 +596,12 @@ impl SessionTable {
         let Some(entry) = self.sessions[slot as usize].as_mut() else {
             return;
         };
+        // No packet of a closing session is relayed any more: the recording is complete.
+        if let Some(key) = entry.fork.recording.take()
+            && let Some(r) = &self.recorder
+        {
+            r.close(key);
+        }
         entry.closing = Some(Closing {
             reason,
             open: registered,
@@ -621,6 +702,14 @@ impl SessionTable {
             media: relay.media.snapshot(),
             shard: self.shard,
             tcp: None,
+            fork: ForkSnapshot {
+                copy_target: e.fork.copy_target,
+                copies_sent: e.fork.copies_sent,
+                copies_failed: e.fork.copies_failed,
+                recording: e.fork.recording.is_some(),
+                records_queued: e.fork.records_queued,
+                records_dropped: e.fork.records_dropped,
+            },
         }
     }
 
@@ -658,6 +747,7 @@ impl SessionTable {
             media: s.media.snapshot(),
             shard: self.shard,
             tcp: Some((s.framing, s.counters)),
+            fork: ForkSnapshot::default(),
         }
     }
 
@@ -770,6 +860,7 @@ impl SessionTable {
             created_us,
             transport: Transport::Tcp(tcp),
             closing: None,
+            fork: Fork::default(),
         });
         self.live += 1;
         self.by_id.insert(spec.id.clone(), slot);
@@ -808,12 +899,53 @@ impl PacketHandler for SessionTable {
             return Action::Drop;
         };
         match relay.on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us) {
-            Verdict::Send { via, to } => Action::Send {
-                via: tokens[via as usize],
-                to,
-                tag: tag(slot, entry.generation, via),
-            },
+            Verdict::Send { via, to } => {
+                let mut copy = None;
+                if !leg.is_rtcp() {
+                    let fork = &mut entry.fork;
+                    copy = fork
+                        .copy_target
+                        .map(|target| (tokens[Leg::OutRtp as usize], target));
+                    if let Some(key) = fork.recording
+                        && let Some(recorder) = self.recorder.as_mut()
+                    {
+                        let local = if leg == Leg::ListenRtp {
+                            entry.listen
+                        } else {
+                            entry.connect
+                        };
+                        if recorder.record(key, p.arrival_us, p.from, local, p.payload) {
+                            fork.records_queued += 1;
+                        } else {
+                            fork.records_dropped += 1;
+                        }
+                    }
+                }
+                Action::Send {
+                    via: tokens[via as usize],
+                    to,
+                    tag: tag(slot, entry.generation, via),
+                    copy,
+                }
+            }
             Verdict::Drop(_) => Action::Drop,
+        }
+    }
+
+    fn on_copy_sent(&mut self, tag: u64, result: std::io::Result<usize>) {
+        let (slot, generation, _) = untag(tag);
+        let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else {
+            return;
+        };
+        if entry.generation & 0xff_ffff != generation {
+            return;
+        }
+        match result {
+            Ok(_) => entry.fork.copies_sent += 1,
+            Err(e) => {
+                debug!(session = %entry.id, error = %e, "media copy failed");
+                entry.fork.copies_failed += 1;
+            }
         }
     }
 
