@@ -208,6 +208,7 @@ async fn bad_commands_get_precise_errors_and_change_nothing() {
         ("Uq c 127.0.0.1 4000 t;1", "E35"),
         ("U c 127.0.0.1 99999 t;1", "E37"),
         ("Uz20 c 127.0.0.1 4000 t;1", "E35"),
+        ("Ur0.0.0.0 c 127.0.0.1 4000 t;1", "E32"),
         ("R c t", "E65"),
         ("P c prompt session t", "E60"),
         ("D unknown t", "E50"),

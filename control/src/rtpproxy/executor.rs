@@ -199,7 +199,7 @@ impl Executor {
     fn local_ip(&self, u: &UpdateLookup) -> Result<IpAddr, ErrorCode> {
         match u.modifiers.local {
             Some(LocalAddress::Bind(ip)) => Ok(ip),
-            Some(LocalAddress::RouteTo(_)) => Err(ErrorCode::NoRouteToRemote),
+            Some(LocalAddress::RouteTo(remote)) => route_source(remote),
             None if u.modifiers.ipv6 || u.remote.is_ipv6() => {
                 self.cfg.media_v6.ok_or(ErrorCode::NoAddressForFamily)
             }
@@ -491,6 +491,31 @@ fn record_file_name(id: &str) -> String {
     format!("{clean}-{:016x}.pcap", crate::router::hash_id(id))
 }
 
+/// The local address the kernel would send from towards `remote` (`r<addr>`): a connected
+/// UDP socket is routed without sending anything, and its local address is the answer.
+fn route_source(remote: IpAddr) -> Result<IpAddr, ErrorCode> {
+    if remote.is_unspecified() || remote.is_multicast() {
+        return Err(ErrorCode::RouteAddressInvalid);
+    }
+    let any: SocketAddr = if remote.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any).map_err(|_| ErrorCode::NoRouteToRemote)?;
+    probe
+        .connect(SocketAddr::new(remote, 9))
+        .map_err(|_| ErrorCode::NoRouteToRemote)?;
+    let local = probe
+        .local_addr()
+        .map_err(|_| ErrorCode::NoRouteToRemote)?
+        .ip();
+    if local.is_unspecified() {
+        return Err(ErrorCode::RoutedLocalUnavailable);
+    }
+    Ok(local)
+}
+
 fn totals(sessions: &[SessionSnapshot]) -> (u64, u64) {
     sessions.iter().fold((0, 0), |(r, t), s| {
         let c = [s.forward.rtp, s.forward.rtcp, s.reverse.rtp, s.reverse.rtcp];
@@ -534,5 +559,30 @@ mod fork_tests {
             "{n}"
         );
         assert_ne!(record_file_name("a/b"), record_file_name("a:b"));
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn route_to_loopback_is_loopback() {
+        assert_eq!(
+            route_source("127.0.0.1".parse().unwrap()),
+            Ok("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            route_source("::1".parse().unwrap()),
+            Ok("::1".parse().unwrap())
+        );
+        assert_eq!(
+            route_source("0.0.0.0".parse().unwrap()),
+            Err(ErrorCode::RouteAddressInvalid)
+        );
+        assert_eq!(
+            route_source("224.0.0.1".parse().unwrap()),
+            Err(ErrorCode::RouteAddressInvalid)
+        );
     }
 }
