@@ -48,7 +48,12 @@ async fn client(args: &Args, index: usize, until: Instant) -> Result<ClientResul
         create_us: Histogram::new(3)?,
         destroy_us: Histogram::new(3)?,
     };
-    let ep = |port| Some(v1::Endpoint { address: args.address.clone(), port });
+    let ep = |port| {
+        Some(v1::Endpoint {
+            address: args.address.clone(),
+            port,
+        })
+    };
     let mut n = 0u64;
     while Instant::now() < until {
         let id = format!("churn-{}-{index}-{n}", std::process::id());
@@ -68,7 +73,10 @@ async fn client(args: &Args, index: usize, until: Instant) -> Result<ClientResul
         }
         r.create_us.record(t.elapsed().as_micros() as u64)?;
         let t = Instant::now();
-        match c.destroy_session(v1::DestroySessionRequest { session_id: id }).await {
+        match c
+            .destroy_session(v1::DestroySessionRequest { session_id: id })
+            .await
+        {
             Ok(_) => {
                 r.destroy_us.record(t.elapsed().as_micros() as u64)?;
                 r.pairs += 1;
