@@ -77,19 +77,7 @@ pub fn bind_udp(
         Type::DGRAM.nonblocking().cloexec(),
         Some(Protocol::UDP),
     )?;
-    let tos = u32::from(opts.dscp) << 2;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-        socket.set_tclass_v6(tos)?;
-        if opts.freebind {
-            socket.set_freebind_v6(true)?;
-        }
-    } else {
-        socket.set_tos_v4(tos)?;
-        if opts.freebind {
-            socket.set_freebind_v4(true)?;
-        }
-    }
+    set_family_options(&socket, addr, opts)?;
     if opts.rcvbuf > 0 {
         set_rcvbuf(&socket, opts.rcvbuf);
     }
@@ -138,20 +126,52 @@ pub fn device_binding_available() -> bool {
     !NO_DEVICE_BINDING.load(Ordering::Relaxed)
 }
 
-/// A larger receive buffer absorbs bursts while the shard is busy; root may exceed rmem_max.
-fn set_rcvbuf(socket: &Socket, bytes: usize) {
-    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let forced = unsafe {
+/// IPv6-only for IPv6 sockets, the media DSCP (IPv4 TOS / IPv6 traffic class) and, when
+/// allowed, free binding to an address no interface owns.
+fn set_family_options(socket: &Socket, addr: SocketAddr, opts: &SocketOptions) -> io::Result<()> {
+    let tos = u32::from(opts.dscp) << 2;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_tclass_v6(tos)?;
+        if opts.freebind {
+            socket.set_freebind_v6(true)?;
+        }
+    } else {
+        socket.set_tos_v4(tos)?;
+        if opts.freebind {
+            socket.set_freebind_v4(true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets an integer socket option socket2 has no method for.
+fn set_int_option(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
+    let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
+            level,
+            name,
+            (&raw const value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if forced != 0 {
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A larger receive buffer absorbs bursts while the shard is busy; root may exceed rmem_max.
+fn set_rcvbuf(socket: &Socket, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    if set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
         // Not privileged: the kernel caps this at net.core.rmem_max.
         let _ = socket.set_recv_buffer_size(bytes);
     }
@@ -161,46 +181,17 @@ fn set_rcvbuf(socket: &Socket, bytes: usize) {
 /// though it is not connected (IP_RECVERR / IPV6_RECVERR), so an unreachable peer is noticed
 /// within one packet instead of never.
 fn enable_icmp_errors(socket: &Socket, v6: bool) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    let (level, name) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    if v6 {
+        set_int_option(socket, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1)
     } else {
-        (libc::IPPROTO_IP, libc::IP_RECVERR)
-    };
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+        set_int_option(socket, libc::IPPROTO_IP, libc::IP_RECVERR, 1)
     }
-    Ok(())
 }
 
 /// Asks the kernel to stamp every received datagram with its arrival time (SO_TIMESTAMPNS),
 /// read back by the I/O layer for jitter and residence time.
 fn enable_rx_timestamps(socket: &Socket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
 /// Binds `ip:port` and `ip:port+1` (to `device` when given). `port` must be even and
@@ -237,19 +228,7 @@ pub fn bind_tcp_listener(addr: SocketAddr, opts: &SocketOptions) -> Result<Socke
             Type::STREAM.nonblocking().cloexec(),
             Some(Protocol::TCP),
         )?;
-        let tos = u32::from(opts.dscp) << 2;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-            socket.set_tclass_v6(tos)?;
-            if opts.freebind {
-                socket.set_freebind_v6(true)?;
-            }
-        } else {
-            socket.set_tos_v4(tos)?;
-            if opts.freebind {
-                socket.set_freebind_v4(true)?;
-            }
-        }
+        set_family_options(&socket, addr, opts)?;
         socket.set_reuse_address(true)?;
         socket.bind(&addr.into())?;
         socket.listen(16)?;

@@ -883,6 +883,15 @@ impl SessionTable {
     }
 }
 
+impl SessionTable {
+    /// The session a send's tag names, unless its slot has since been reused (generation).
+    fn tagged_entry(&mut self, tag: u64) -> Option<&mut Entry> {
+        let (slot, generation, _) = untag(tag);
+        let entry = self.sessions.get_mut(slot as usize)?.as_mut()?;
+        (entry.generation & 0xff_ffff == generation).then_some(entry)
+    }
+}
+
 impl PacketHandler for SessionTable {
     fn on_packet(&mut self, p: Received<'_>) -> Action {
         let Some(Some(sref)) = self.sockets.get(p.token as usize) else {
@@ -933,13 +942,9 @@ impl PacketHandler for SessionTable {
     }
 
     fn on_copy_sent(&mut self, tag: u64, result: std::io::Result<usize>) {
-        let (slot, generation, _) = untag(tag);
-        let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else {
+        let Some(entry) = self.tagged_entry(tag) else {
             return;
         };
-        if entry.generation & 0xff_ffff != generation {
-            return;
-        }
         match result {
             Ok(_) => entry.fork.copies_sent += 1,
             Err(e) => {
@@ -950,14 +955,10 @@ impl PacketHandler for SessionTable {
     }
 
     fn on_sent(&mut self, tag: u64, result: std::io::Result<usize>, residence_us: Option<u64>) {
-        let (slot, generation, leg) = untag(tag);
-        let Some(leg) = leg else { return };
-        let Some(Some(entry)) = self.sessions.get_mut(slot as usize) else {
+        let Some(leg) = untag(tag).2 else { return };
+        let Some(entry) = self.tagged_entry(tag) else {
             return;
         };
-        if entry.generation & 0xff_ffff != generation {
-            return;
-        }
         let Transport::Udp { relay, .. } = &mut entry.transport else {
             return;
         };
