@@ -77,6 +77,19 @@ struct Fork {
     records_dropped: u64,
 }
 
+impl Fork {
+    fn snapshot(&self) -> ForkSnapshot {
+        ForkSnapshot {
+            copy_target: self.copy_target,
+            copies_sent: self.copies_sent,
+            copies_failed: self.copies_failed,
+            recording: self.recording.is_some(),
+            records_queued: self.records_queued,
+            records_dropped: self.records_dropped,
+        }
+    }
+}
+
 /// What moves a session's bytes. The table creates, closes, supervises and snapshots both the
 /// same way; only the UDP variant sits on the shard's per-packet path.
 // UDP stays inline: boxing it would add a pointer chase to every packet, while the few bytes a
@@ -684,14 +697,8 @@ impl SessionTable {
             client: relay.client(),
             client_rtcp: relay.client_rtcp(),
             last_error: relay.last_error().map(|f| (f.to_string(), f.at_us)),
-            listen_advertised: self
-                .interfaces
-                .get(&e.listen.ip())
-                .and_then(|i| i.advertised),
-            connect_advertised: self
-                .interfaces
-                .get(&e.connect.ip())
-                .and_then(|i| i.advertised),
+            listen_advertised: self.advertised(e.listen.ip()),
+            connect_advertised: self.advertised(e.connect.ip()),
             listen_device: e.listen_device.clone(),
             connect_device: e.connect_device.clone(),
             created_us: e.created_us,
@@ -702,15 +709,13 @@ impl SessionTable {
             media: relay.media.snapshot(),
             shard: self.shard,
             tcp: None,
-            fork: ForkSnapshot {
-                copy_target: e.fork.copy_target,
-                copies_sent: e.fork.copies_sent,
-                copies_failed: e.fork.copies_failed,
-                recording: e.fork.recording.is_some(),
-                records_queued: e.fork.records_queued,
-                records_dropped: e.fork.records_dropped,
-            },
+            fork: e.fork.snapshot(),
         }
+    }
+
+    /// The address peers must use for `ip`, when its interface advertises one (NAT).
+    fn advertised(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.interfaces.get(&ip).and_then(|i| i.advertised)
     }
 
     fn tcp_snapshot(&self, e: &Entry, tcp: &TcpSession, state: SessionState) -> SessionSnapshot {
@@ -729,14 +734,8 @@ impl SessionTable {
             client: s.client,
             client_rtcp: None,
             last_error: s.last_error.clone(),
-            listen_advertised: self
-                .interfaces
-                .get(&e.listen.ip())
-                .and_then(|i| i.advertised),
-            connect_advertised: self
-                .interfaces
-                .get(&e.connect.ip())
-                .and_then(|i| i.advertised),
+            listen_advertised: self.advertised(e.listen.ip()),
+            connect_advertised: self.advertised(e.connect.ip()),
             listen_device: None,
             connect_device: None,
             created_us: e.created_us,
