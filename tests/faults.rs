@@ -41,13 +41,7 @@ async fn unreachable_destination_is_reported_within_a_second_and_recovers() {
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dest = closed.local_addr().unwrap();
     drop(closed);
-    let mut events = client
-        .watch_events(v1::WatchEventsRequest {
-            session_ids: vec!["icmp".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, &["icmp"]).await;
     let info = client
         .create_session(create_req("icmp", 0, 0, dest))
         .await
@@ -130,13 +124,7 @@ async fn unreachable_destination_is_reported_within_a_second_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_the_session_and_frees_its_ports() {
     let (_relay, mut client) = Relay::start(1, &[]).await;
-    let mut events = client
-        .watch_events(v1::WatchEventsRequest {
-            session_ids: vec!["idle".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, &["idle"]).await;
     let mut req = create_req("idle", 0, 0, "127.0.0.1:9".parse().unwrap());
     req.options = Some(v1::SessionOptions {
         idle_timeout_ms: Some(500),

@@ -47,19 +47,6 @@ async fn session(
     }
 }
 
-async fn status(client: &mut RelayClient<Channel>, id: &str) -> v1::SessionInfo {
-    let req = v1::GetSessionStatusRequest {
-        session_id: id.into(),
-    };
-    client
-        .get_session_status(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-}
-
 fn rtcp_port(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip(), a.port() + 1)
 }
@@ -97,13 +84,7 @@ async fn loss_and_reordering_are_measured_and_alerts_fire_once_and_clear() {
         stats_interval_ms: Some(0),
         ..Default::default()
     };
-    let mut events = client
-        .watch_events(v1::WatchEventsRequest {
-            session_ids: vec!["lossy".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, &["lossy"]).await;
     let p = session(&mut client, "lossy", 55000, Some(options)).await;
 
     // 2000 packets at 1 ms pacing: every 20th sequence number is never sent (5.0% loss) and
@@ -281,13 +262,7 @@ async fn a_stalled_watcher_neither_blocks_forwarding_nor_other_watchers() {
         .await
         .unwrap()
         .into_inner();
-    let mut reader = client
-        .watch_events(v1::WatchEventsRequest {
-            session_ids: vec!["media".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut reader = watch(&mut client, &["media"]).await;
     // 200 sessions publishing 10 StatsUpdates a second each: ~2000 events/s, so the 4096-event
     // buffer overflows for the stalled watcher within the run.
     let dest: SocketAddr = "127.0.0.1:9".parse().unwrap();

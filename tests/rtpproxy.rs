@@ -4,61 +4,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use common::rtpproxy::{Controller, port_of};
 use common::*;
 use rtprelay_proto::v1;
-
-struct Controller {
-    sock: UdpSocket,
-    relay: SocketAddr,
-}
-
-impl Controller {
-    fn new(relay: SocketAddr) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        Self { sock, relay }
-    }
-
-    /// Sends `cookie command` and returns the reply without the cookie and newline.
-    fn ask(&self, cookie: &str, command: &str) -> String {
-        self.sock
-            .send_to(format!("{cookie} {command}").as_bytes(), self.relay)
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        let (n, _) = self.sock.recv_from(&mut buf).expect("rtpproxy reply");
-        let text = std::str::from_utf8(&buf[..n]).unwrap();
-        assert!(
-            text.ends_with('\n'),
-            "reply must end with a newline: {text:?}"
-        );
-        let rest = text
-            .strip_prefix(&format!("{cookie} "))
-            .unwrap_or_else(|| panic!("cookie missing in {text:?}"));
-        rest.trim_end().to_owned()
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn port_of(reply: &str) -> u16 {
-    let mut it = reply.split(' ');
-    let port = it
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("not a port reply: {reply:?}"));
-    assert_eq!(it.next(), Some("127.0.0.1"), "{reply:?}");
-    port
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kamailio_transcript_relays_a_call_and_is_visible_over_grpc() {

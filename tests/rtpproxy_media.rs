@@ -4,55 +4,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::rtpproxy::{Controller, port_of};
 use common::*;
 use rtprelay_proto::v1;
-
-struct Controller {
-    sock: UdpSocket,
-    relay: SocketAddr,
-}
-
-impl Controller {
-    fn new(port: u16) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let relay = SocketAddr::from(([127, 0, 0, 1], port));
-        Self { sock, relay }
-    }
-
-    fn ask(&self, cookie: &str, command: &str) -> String {
-        self.sock
-            .send_to(format!("{cookie} {command}").as_bytes(), self.relay)
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        let (n, _) = self.sock.recv_from(&mut buf).expect("rtpproxy reply");
-        let text = std::str::from_utf8(&buf[..n]).unwrap();
-        text.strip_prefix(&format!("{cookie} "))
-            .unwrap_or_else(|| panic!("cookie missing in {text:?}"))
-            .trim_end()
-            .to_owned()
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn port_of(reply: &str) -> u16 {
-    reply
-        .split(' ')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("not a port reply: {reply:?}"))
-}
 
 /// A call set up with U/L: the caller sends to `to_caller`, the callee to `to_callee`.
 struct Call {
@@ -125,7 +83,7 @@ async fn copy_forks_both_directions_until_n() {
     let ctl_port = free_udp_port();
     let listen = format!("udp:127.0.0.1:{ctl_port}");
     let (_relay, mut grpc) = Relay::start(2, &["--rtpproxy-listen", &listen]).await;
-    let c = Controller::new(ctl_port);
+    let c = Controller::on_port(ctl_port);
     assert_eq!(c.ask("v", "VF 20071218"), "1");
 
     let call = setup_call(&c, "copy-1@test");
@@ -234,7 +192,7 @@ async fn record_writes_a_pcap_of_both_directions() {
     let dir_arg = dir.to_str().unwrap().to_owned();
     let (_relay, _grpc) =
         Relay::start(2, &["--rtpproxy-listen", &listen, "--record-dir", &dir_arg]).await;
-    let c = Controller::new(ctl_port);
+    let c = Controller::on_port(ctl_port);
     let call = setup_call(&c, "rec-1@test/../x");
     assert_eq!(c.ask("r0", "R nocall ftag;1"), "E50");
     assert_eq!(c.ask("r1", &format!("R {} ftag;1 ttag;1", call.id)), "0");
@@ -312,7 +270,7 @@ async fn record_without_record_dir_is_refused_and_n_stops_recording() {
     let ctl_port = free_udp_port();
     let listen = format!("udp:127.0.0.1:{ctl_port}");
     let (_relay, _grpc) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
-    let c = Controller::new(ctl_port);
+    let c = Controller::on_port(ctl_port);
     let call = setup_call(&c, "rec-off@test");
     assert_eq!(c.ask("r", &format!("R {} ftag;1 ttag;1", call.id)), "E65");
     exchange(&call, 3, 1);
@@ -330,7 +288,7 @@ async fn n_closes_the_recording_while_the_call_goes_on() {
     let dir_arg = dir.to_str().unwrap().to_owned();
     let (_relay, mut grpc) =
         Relay::start(1, &["--rtpproxy-listen", &listen, "--record-dir", &dir_arg]).await;
-    let c = Controller::new(ctl_port);
+    let c = Controller::on_port(ctl_port);
     let call = setup_call(&c, "rec-n@test");
     assert_eq!(c.ask("r", &format!("R {} ftag;1 ttag;1", call.id)), "0");
     exchange(&call, 5, 1);

@@ -85,18 +85,6 @@ fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
     v
 }
 
-async fn status(client: &mut RelayClient<Channel>, id: &str) -> v1::SessionInfo {
-    client
-        .get_session_status(v1::GetSessionStatusRequest {
-            session_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-}
-
 /// Polls the status until `f` holds (at most 3 s).
 async fn wait_status(
     client: &mut RelayClient<Channel>,
@@ -304,13 +292,7 @@ async fn wait_state(
 async fn destination_faults_back_off_and_recover() {
     let (_relay, mut client) = Relay::start(1, &[]).await;
     let dest = free_port();
-    let mut events = client
-        .watch_events(v1::WatchEventsRequest {
-            session_ids: vec!["fault".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, &["fault"]).await;
     let info = client
         .create_session(tcp_req(
             "fault",
@@ -482,13 +464,7 @@ async fn client_leaving_closes_the_session_or_waits_for_another() {
 async fn idle_tcp_session_times_out_and_frees_its_port() {
     let (_relay, mut client) = Relay::start(1, &[]).await;
     let dest = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut events = client
-        .watch_events(v1::WatchEventsRequest {
-            session_ids: vec!["idle".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut client, &["idle"]).await;
     let created = Instant::now();
     let info = client
         .create_session(tcp_req(

@@ -332,13 +332,7 @@ async fn events_report_created_and_closed_to_filtered_watchers() {
         .await
         .unwrap()
         .into_inner();
-    let mut only_b = client
-        .watch_events(v1::WatchEventsRequest {
-            session_ids: vec!["ev-b".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut only_b = watch(&mut client, &["ev-b"]).await;
     for id in ["ev-a", "ev-b"] {
         client
             .create_session(create_req(id, 0, 0, dest))

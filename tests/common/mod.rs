@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod rtpproxy;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -244,4 +246,38 @@ pub fn rtcp_rr(reporter: u32, source: u32, lsr: u32, dlsr: u32) -> Vec<u8> {
     p.extend_from_slice(&lsr.to_be_bytes());
     p.extend_from_slice(&dlsr.to_be_bytes());
     p
+}
+
+/// A free UDP port on loopback (bound and released at once).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GetSessionStatus of `id`, which must exist.
+pub async fn status(client: &mut RelayClient<Channel>, id: &str) -> v1::SessionInfo {
+    let req = v1::GetSessionStatusRequest {
+        session_id: id.into(),
+    };
+    client
+        .get_session_status(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+}
+
+/// A WatchEvents stream limited to `ids`.
+pub async fn watch(
+    client: &mut RelayClient<Channel>,
+    ids: &[&str],
+) -> tonic::Streaming<v1::SessionEvent> {
+    let req = v1::WatchEventsRequest {
+        session_ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    client.watch_events(req).await.unwrap().into_inner()
 }
