@@ -353,16 +353,23 @@ impl SessionTable {
         Some(self.snapshot(slot, SessionState::Forwarding))
     }
 
+    /// The slot of the open UDP session `id`, which copying and recording need.
+    fn open_udp_slot(&self, id: &str) -> Result<u32, ForkError> {
+        let slot = self.open_slot(id).ok_or(ForkError::UnknownSession)?;
+        match self.sessions[slot as usize].as_ref().map(|e| &e.transport) {
+            Some(Transport::Udp { .. }) => Ok(slot),
+            Some(Transport::Tcp(_)) => Err(ForkError::NotUdp),
+            None => Err(ForkError::UnknownSession),
+        }
+    }
+
     /// Starts (`Some`) or stops (`None`) copying `id`'s relayed RTP to `target`. Copies leave
     /// from the session's connect-side RTP socket, so the target must be of its family.
     pub fn set_copy(&mut self, id: &str, target: Option<SocketAddr>) -> Result<(), ForkError> {
-        let slot = self.open_slot(id).ok_or(ForkError::UnknownSession)?;
+        let slot = self.open_udp_slot(id)?;
         let entry = self.sessions[slot as usize]
             .as_mut()
             .ok_or(ForkError::UnknownSession)?;
-        if !matches!(entry.transport, Transport::Udp { .. }) {
-            return Err(ForkError::NotUdp);
-        }
         if let Some(t) = target
             && t.is_ipv4() != entry.connect.is_ipv4()
         {
@@ -377,13 +384,10 @@ impl SessionTable {
 
     /// Starts (`Some`) or stops (`None`) recording `id`'s relayed RTP into a pcap file.
     pub fn set_record(&mut self, id: &str, file: Option<RecordFile>) -> Result<(), ForkError> {
-        let slot = self.open_slot(id).ok_or(ForkError::UnknownSession)?;
+        let slot = self.open_udp_slot(id)?;
         let entry = self.sessions[slot as usize]
             .as_mut()
             .ok_or(ForkError::UnknownSession)?;
-        if !matches!(entry.transport, Transport::Udp { .. }) {
-            return Err(ForkError::NotUdp);
-        }
         let Some(file) = file else {
             if let Some(key) = entry.fork.recording.take()
                 && let Some(r) = &self.recorder
