@@ -106,20 +106,18 @@ async fn framing_round_trip(framing: v1::TcpFraming) {
     let (_relay, mut client) = Relay::start(1, &[]).await;
     let dest = TcpListener::bind("127.0.0.1:0").unwrap();
     let id = format!("tcp-{framing:?}");
-    let info = client
-        .create_session(tcp_req(
+    let info = create(
+        &mut client,
+        tcp_req(
             &id,
             dest.local_addr().unwrap(),
             v1::SessionOptions {
                 tcp_framing: framing as i32,
                 ..Default::default()
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(info.protocol, v1::Protocol::Tcp as i32);
     assert_eq!(info.state, v1::SessionState::Connecting as i32);
     let mut phone = connect(addr_of(&info.listen));
@@ -293,8 +291,9 @@ async fn destination_faults_back_off_and_recover() {
     let (_relay, mut client) = Relay::start(1, &[]).await;
     let dest = free_port();
     let mut events = watch(&mut client, &["fault"]).await;
-    let info = client
-        .create_session(tcp_req(
+    let info = create(
+        &mut client,
+        tcp_req(
             "fault",
             dest,
             v1::SessionOptions {
@@ -303,12 +302,9 @@ async fn destination_faults_back_off_and_recover() {
                 tcp_connect_timeout_ms: Some(500),
                 ..Default::default()
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+        ),
+    )
+    .await;
     let mut phone = connect(addr_of(&info.listen));
     // Bytes sent while the destination is down are held and delivered later.
     let early = rfc4571(&rtp(0, 1, 160, 7, 160));
@@ -397,17 +393,11 @@ async fn client_leaving_closes_the_session_or_waits_for_another() {
         .await
         .unwrap()
         .into_inner();
-    let leave = client
-        .create_session(tcp_req(
-            "leave",
-            dest.local_addr().unwrap(),
-            Default::default(),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let leave = create(
+        &mut client,
+        tcp_req("leave", dest.local_addr().unwrap(), Default::default()),
+    )
+    .await;
     let phone = connect(addr_of(&leave.listen));
     let _far = accept(&dest);
     wait_status(&mut client, "leave", |s| {
@@ -426,20 +416,18 @@ async fn client_leaving_closes_the_session_or_waits_for_another() {
     };
     assert_eq!(closed.reason, "client closed");
 
-    let stay = client
-        .create_session(tcp_req(
+    let stay = create(
+        &mut client,
+        tcp_req(
             "stay",
             dest.local_addr().unwrap(),
             v1::SessionOptions {
                 tcp_client_reconnect: true,
                 ..Default::default()
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+        ),
+    )
+    .await;
     let phone = connect(addr_of(&stay.listen));
     let mut far = accept(&dest);
     wait_status(&mut client, "stay", |s| {
@@ -466,20 +454,18 @@ async fn idle_tcp_session_times_out_and_frees_its_port() {
     let dest = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut events = watch(&mut client, &["idle"]).await;
     let created = Instant::now();
-    let info = client
-        .create_session(tcp_req(
+    let info = create(
+        &mut client,
+        tcp_req(
             "idle",
             dest.local_addr().unwrap(),
             v1::SessionOptions {
                 idle_timeout_ms: Some(600),
                 ..Default::default()
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+        ),
+    )
+    .await;
     let _phone = connect(addr_of(&info.listen));
     let _far = accept(&dest);
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -514,32 +500,24 @@ fn rss_kib(pid: u32) -> u64 {
 async fn a_stalled_receiver_keeps_memory_bounded_and_others_flowing() {
     let (relay, mut client) = Relay::start(1, &[]).await;
     let stalled_dest = TcpListener::bind("127.0.0.1:0").unwrap();
-    let stalled = client
-        .create_session(tcp_req(
+    let stalled = create(
+        &mut client,
+        tcp_req(
             "stalled",
             stalled_dest.local_addr().unwrap(),
             v1::SessionOptions {
                 tcp_framing: v1::TcpFraming::None as i32,
                 ..Default::default()
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+        ),
+    )
+    .await;
     let ok_dest = TcpListener::bind("127.0.0.1:0").unwrap();
-    let ok = client
-        .create_session(tcp_req(
-            "flowing",
-            ok_dest.local_addr().unwrap(),
-            Default::default(),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let ok = create(
+        &mut client,
+        tcp_req("flowing", ok_dest.local_addr().unwrap(), Default::default()),
+    )
+    .await;
     let pusher = connect(addr_of(&stalled.listen));
     let _never_reads = accept(&stalled_dest);
     let mut phone = connect(addr_of(&ok.listen));

@@ -281,3 +281,17 @@ pub async fn watch(
     };
     client.watch_events(req).await.unwrap().into_inner()
 }
+
+/// CreateSession that must succeed; the session as created.
+pub async fn create(
+    client: &mut RelayClient<Channel>,
+    req: v1::CreateSessionRequest,
+) -> v1::SessionInfo {
+    client
+        .create_session(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+}
