@@ -141,7 +141,20 @@ pub struct Dataplane {
     pub sq_entries: u32,
     pub preempt_ms: u64,
     pub budget: usize,
-    pub coop_taskrun: bool,
+    pub task_run: TaskRun,
+    pub batch_packets: usize,
+    pub batch_max_wait_us: u64,
+    pub batch_min_wait_us: u64,
+    pub batch_steady_gap_us: u64,
+}
+
+/// When the kernel runs receive completion work (see `rtprelay_dataplane::io::uring::TaskRun`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskRun {
+    Immediate,
+    Coop,
+    Defer,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +345,20 @@ impl Config {
         if !buffers.is_power_of_two() || buffers > 32768 {
             bail!("dataplane.buffers_per_shard {buffers} must be a power of two up to 32768");
         }
+        let d = &self.dataplane;
+        // A batch wait blocks the shard's thread: keep it far below the preemption slice, so
+        // commands and timers are not held up by it.
+        if d.batch_max_wait_us > 10_000 || d.batch_min_wait_us > d.batch_max_wait_us {
+            bail!(
+                "dataplane.batch_max_wait_us must be at most 10000 and batch_min_wait_us at most \
+                 batch_max_wait_us (got {} and {})",
+                d.batch_max_wait_us,
+                d.batch_min_wait_us
+            );
+        }
+        if d.batch_packets > usize::from(d.buffers_per_shard) {
+            bail!("dataplane.batch_packets must be at most buffers_per_shard");
+        }
         // The same checks a request's options get, so a bad default fails at start-up.
         rtprelay_control::validate::options(None, &self.sessions.defaults())
             .map_err(|e| anyhow::anyhow!("[sessions]: {e}"))?;
@@ -372,6 +399,13 @@ mod tests {
         );
         assert!(Config::from_toml(Some("[media]\nport_min = 40000\nport_max = 30000\n")).is_err());
         assert!(Config::from_toml(Some("[dataplane]\nbuffers_per_shard = 1000\n")).is_err());
+        assert!(Config::from_toml(Some("[dataplane]\nbatch_max_wait_us = 20000\n")).is_err());
+        assert!(Config::from_toml(Some("[dataplane]\nbatch_min_wait_us = 200\n")).is_err());
+        assert!(Config::from_toml(Some("[dataplane]\ntask_run = \"sometimes\"\n")).is_err());
+        let off = Config::from_toml(Some(
+            "[dataplane]\ntask_run = \"coop\"\nbatch_packets = 0\n",
+        ));
+        assert_eq!(off.unwrap().dataplane.task_run, TaskRun::Coop);
         assert!(Config::from_toml(Some("not toml [")).is_err());
     }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rtprelay_control::{EventHub, Router};
-use rtprelay_dataplane::io::uring::UringConfig;
+use rtprelay_dataplane::config::BatchWait;
+use rtprelay_dataplane::io::uring::{TaskRun, UringConfig};
 use rtprelay_dataplane::ports::PortRange;
 use rtprelay_dataplane::{Dataplane, DataplaneConfig};
 use tracing::{error, info, warn};
@@ -93,7 +94,17 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
         sq_entries: d.sq_entries,
         buffers: d.buffers_per_shard,
         max_sockets,
-        coop_taskrun: d.coop_taskrun,
+        task_run: match d.task_run {
+            config::TaskRun::Immediate => TaskRun::Immediate,
+            config::TaskRun::Coop => TaskRun::Coop,
+            config::TaskRun::Defer => TaskRun::Defer,
+        },
+    };
+    dp.batch = BatchWait {
+        packets: d.batch_packets,
+        max_wait: Duration::from_micros(d.batch_max_wait_us),
+        min_wait: Duration::from_micros(d.batch_min_wait_us),
+        steady_gap: Duration::from_micros(d.batch_steady_gap_us),
     };
     Ok(dp)
 }

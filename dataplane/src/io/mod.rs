@@ -15,10 +15,20 @@ pub mod uring;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// A shard-local socket handle: an index into the shard's socket table, also used by the I/O
 /// layer as its registered-file slot.
 pub type Token = u32;
+
+/// What one [`MediaIo::process`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Completions handled: receives, sends and the rest.
+    pub completions: usize,
+    /// Datagrams received among them; what tells steady traffic from a lone packet.
+    pub packets: usize,
+}
 
 /// What the handler wants done with a received packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +83,19 @@ pub trait MediaIo {
     /// Stops receiving on `token`. [`PacketHandler::on_socket_released`] follows from a later
     /// [`MediaIo::process`]; the token must not be reused before that.
     fn remove_socket(&mut self, token: Token);
-    /// Handles up to `budget` completions, submits the resulting sends in one batch and returns
-    /// how many completions it handled.
-    fn process(&mut self, handler: &mut dyn PacketHandler, budget: usize) -> io::Result<usize>;
+    /// Handles up to `budget` completions, submits the resulting sends in one batch and says
+    /// how many completions and packets it handled.
+    fn process(&mut self, handler: &mut dyn PacketHandler, budget: usize) -> io::Result<Pass>;
+    /// Blocks the thread in the kernel until `packets` more datagrams have arrived, or
+    /// `min_wait` has passed and at least one has, or `max_wait` has passed. Under steady
+    /// traffic this turns a wake-up per packet into one per batch; `max_wait` is the latency
+    /// it may add. Does nothing useful unless [`MediaIo::process`] follows.
+    fn wait_batch(
+        &mut self,
+        packets: usize,
+        min_wait: Duration,
+        max_wait: Duration,
+    ) -> io::Result<()>;
     /// Makes the wake-up descriptor ([`MediaIo::wake_fd`]) fire on the next completion. Returns
     /// `false` if completions are already waiting, in which case the caller must not sleep.
     fn prepare_sleep(&mut self) -> io::Result<bool>;

@@ -12,17 +12,24 @@
 //! disabled while the shard is busy (otherwise its own send completions would double the
 //! wake-ups) and re-enabled by [`MediaIo::prepare_sleep`], which re-checks the completion queue
 //! afterwards so that no completion is missed between the check and the sleep.
+//!
+//! Under steady traffic the shard does not sleep through glommio at all: it blocks in
+//! [`MediaIo::wait_batch`] for a batch of packets. With deferred task work (the default) the
+//! kernel leaves arriving packets queued until the batch is complete or the wait times out, so one
+//! wake-up, one pass and one submission serve the whole batch; at one packet per wake-up every
+//! design pays several microseconds of scheduling per packet.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use tracing::warn;
 
 use super::bufring::BufRing;
 use super::cmsg::{TIMESTAMP_SPACE, rx_timestamp_us};
-use super::{Action, MediaIo, PacketHandler, Received, Token};
+use super::{Action, MediaIo, PacketHandler, Pass, Received, Token};
 use crate::sockaddr;
 use crate::time::unix_now_us;
 
@@ -36,9 +43,24 @@ pub struct UringConfig {
     pub buffers: u16,
     /// Size of the registered-file table: the most sockets (4 per UDP session) a shard can have.
     pub max_sockets: u32,
-    /// Ask the kernel to run completion work only when the shard enters the kernel anyway
-    /// (IORING_SETUP_COOP_TASKRUN), saving an interrupt per wake-up at some latency cost.
-    pub coop_taskrun: bool,
+    /// When the kernel runs receive completion work (see [`TaskRun`]).
+    pub task_run: TaskRun,
+}
+
+/// When the kernel runs the completion work of arriving packets (copying them into a buffer
+/// and posting the completion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskRun {
+    /// As each packet arrives, interrupting the shard's thread if it is running.
+    Immediate,
+    /// As each packet arrives, but without interrupting a running shard
+    /// (IORING_SETUP_COOP_TASKRUN): fewer IPIs under load.
+    Coop,
+    /// Only when the shard asks for completions (IORING_SETUP_DEFER_TASKRUN): a shard waiting
+    /// for a batch in [`MediaIo::wait_batch`] is woken once for the whole batch instead of
+    /// once per packet. Requires creating the ring on the shard's own thread.
+    #[default]
+    Defer,
 }
 
 impl Default for UringConfig {
@@ -47,7 +69,7 @@ impl Default for UringConfig {
             sq_entries: 4096,
             buffers: 4096,
             max_sockets: 65536,
-            coop_taskrun: false,
+            task_run: TaskRun::default(),
         }
     }
 }
@@ -104,6 +126,8 @@ pub struct UringIo {
     st: Shared,
     released: Vec<Token>,
     efd: OwnedFd,
+    /// The kernel accepts `min_wait_usec` in a wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12+).
+    min_timeout: bool,
 }
 
 /// Everything the kernel may read or write on the ring's behalf, and the per-socket receive
@@ -138,10 +162,20 @@ impl UringIo {
         builder
             .setup_cqsize(u32::from(cfg.buffers).max(cfg.sq_entries) * 4)
             .setup_submit_all();
-        if cfg.coop_taskrun {
-            builder.setup_coop_taskrun().setup_taskrun_flag();
+        match cfg.task_run {
+            TaskRun::Immediate => {}
+            TaskRun::Coop => {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            TaskRun::Defer => {
+                builder
+                    .setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag();
+            }
         }
         let ring = builder.build(cfg.sq_entries)?;
+        let min_timeout = ring.params().is_feature_min_timeout();
         ring.submitter().register_eventfd(efd.as_raw_fd())?;
         ring.submitter().register_files_sparse(cfg.max_sockets)?;
 
@@ -190,6 +224,7 @@ impl UringIo {
             },
             released: Vec::new(),
             efd,
+            min_timeout,
         };
         this.ring.completion().disable_eventfd();
         Ok(this)
@@ -273,56 +308,106 @@ impl MediaIo for UringIo {
         }
     }
 
-    fn process(&mut self, handler: &mut dyn PacketHandler, budget: usize) -> io::Result<usize> {
+    fn process(&mut self, handler: &mut dyn PacketHandler, budget: usize) -> io::Result<Pass> {
         for token in self.released.drain(..) {
             handler.on_socket_released(token);
         }
+        // With deferred task work, arrived packets become completions only when asked for.
+        if self.ring.submission().taskrun() {
+            self.ring.submitter().submit()?;
+        }
         let fallback_us = unix_now_us();
         let (submitter, mut sq, mut cq) = self.ring.split();
-        let mut handled = 0;
-        while handled < budget {
-            let Some(cqe) = cq.next() else { break };
-            handled += 1;
-            match cqe.user_data() & KIND_MASK {
-                KIND_RECV => {
-                    if let Some(send) = self.st.on_recv(&cqe, handler, fallback_us) {
-                        if let Some(copy_via) = send.copy_via {
-                            push_split(
-                                &submitter,
-                                &mut sq,
-                                &self.st.copy_entry(copy_via, send.bid),
-                            )?;
+        let mut pass = Pass::default();
+        loop {
+            let mut sends = 0;
+            while pass.completions < budget {
+                let Some(cqe) = cq.next() else { break };
+                pass.completions += 1;
+                match cqe.user_data() & KIND_MASK {
+                    KIND_RECV => {
+                        if cqueue::buffer_select(cqe.flags()).is_some() {
+                            pass.packets += 1;
                         }
-                        push_split(&submitter, &mut sq, &self.st.send_entry(send))?;
+                        if let Some(send) = self.st.on_recv(&cqe, handler, fallback_us) {
+                            if let Some(copy_via) = send.copy_via {
+                                push_split(
+                                    &submitter,
+                                    &mut sq,
+                                    &self.st.copy_entry(copy_via, send.bid),
+                                )?;
+                            }
+                            push_split(&submitter, &mut sq, &self.st.send_entry(send))?;
+                            sends += 1;
+                        }
                     }
+                    KIND_SEND => self.st.on_send_done(&cqe, handler, false),
+                    KIND_COPY => self.st.on_send_done(&cqe, handler, true),
+                    _ => {} // cancellations and nudges carry no work
                 }
-                KIND_SEND => self.st.on_send_done(&cqe, handler, false),
-                KIND_COPY => self.st.on_send_done(&cqe, handler, true),
-                _ => {} // cancellations and nudges carry no work
             }
-        }
-        cq.sync();
-        for token in std::mem::take(&mut self.st.rearm) {
-            if self.st.sockets[token as usize] == RecvState::Rearm {
-                push_split(&submitter, &mut sq, &self.st.recv_entry(token))?;
-                self.st.sockets[token as usize] = RecvState::Armed;
+            cq.sync();
+            for token in std::mem::take(&mut self.st.rearm) {
+                if self.st.sockets[token as usize] == RecvState::Rearm {
+                    push_split(&submitter, &mut sq, &self.st.recv_entry(token))?;
+                    self.st.sockets[token as usize] = RecvState::Armed;
+                }
             }
+            self.st.bufs.publish();
+            sq.sync();
+            if !sq.is_empty() || sq.taskrun() {
+                submitter.submit()?;
+                sq.sync();
+            }
+            // Non-blocking sends complete while being submitted: reap them in this pass, so
+            // their buffers return to the ring before the shard waits or sleeps.
+            if sends == 0 || pass.completions >= budget {
+                return Ok(pass);
+            }
+            cq.sync();
         }
-        self.st.bufs.publish();
-        sq.sync();
-        if !sq.is_empty() || sq.taskrun() {
-            drop(sq);
-            submitter.submit()?;
+    }
+
+    fn wait_batch(
+        &mut self,
+        packets: usize,
+        min_wait: Duration,
+        max_wait: Duration,
+    ) -> io::Result<()> {
+        // Completions already posted (e.g. of sends) do not count towards the batch.
+        let want = self.ring.completion().len() + packets;
+        let ts = types::Timespec::from(max_wait);
+        let mut args = types::SubmitArgs::new().timespec(&ts);
+        if self.min_timeout && !min_wait.is_zero() {
+            args = args.min_wait_usec(u32::try_from(min_wait.as_micros()).unwrap_or(u32::MAX));
         }
-        Ok(handled)
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => Ok(()),
+            // The wait ended by its timeout, a signal, or a full completion queue: all fine,
+            // the caller processes whatever is there.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn prepare_sleep(&mut self) -> io::Result<bool> {
         self.st.bufs.publish();
         self.ring.completion().enable_eventfd();
-        // Flushes anything queued and, if the kernel has deferred completion work, runs it.
+        // Flushes anything queued and runs deferred completion work. Order matters: with
+        // deferred task work the eventfd fires only when such work goes from none to some, so
+        // none may be left pending once the eventfd is enabled.
         self.ring.submit()?;
-        if !self.ring.completion().is_empty() || !self.released.is_empty() {
+        if !self.ring.completion().is_empty()
+            || self.ring.submission().taskrun()
+            || !self.released.is_empty()
+        {
             self.ring.completion().disable_eventfd();
             return Ok(false);
         }

@@ -4,7 +4,8 @@
 //!   and, when woken, drains the shard's command channel.
 //! - The media task drives the shard's [`UringIo`]: it handles completions in passes of at most
 //!   `budget`, yields to glommio when its preemption timer says so (so timers and commands are
-//!   never starved under overload), and sleeps on the ring's eventfd when idle.
+//!   never starved under overload), waits in the kernel for the next batch while traffic is
+//!   steady ([`BatchWait`]), and sleeps on the ring's eventfd when idle.
 //!
 //! Both tasks share the shard state through an `Rc<RefCell<_>>`; glommio never runs two tasks
 //! of one executor at once and neither holds the borrow across an await, so no lock exists.
@@ -15,6 +16,7 @@ use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use glommio::io::BufferedFile;
@@ -22,10 +24,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
 
 use crate::command::{Command, Reply};
-use crate::config::DataplaneConfig;
+use crate::config::{BatchWait, DataplaneConfig};
 use crate::event::EventSink;
-use crate::io::MediaIo;
 use crate::io::uring::UringIo;
+use crate::io::{MediaIo, Pass};
 use crate::time::unix_now_us;
 use table::SessionTable;
 
@@ -221,7 +223,12 @@ fn run(
         let _ = ready.send(Ok(()));
         info!(shard = index, core = core.map(|c| c.id), "shard started");
 
-        let media = glommio::spawn_local(media_loop(shard.clone(), ring_wake, config.budget));
+        let media = glommio::spawn_local(media_loop(
+            shard.clone(),
+            ring_wake,
+            config.budget,
+            config.batch,
+        ));
         glommio::spawn_local(supervise(shard.clone(), config.tick)).detach();
         let stop_reply = control_loop(&shard, &rx, &cmd_wake).await;
         media.await;
@@ -326,23 +333,46 @@ async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
     }
 }
 
-async fn media_loop(shard: Rc<RefCell<Shard>>, wake: BufferedFile, budget: usize) {
+async fn media_loop(
+    shard: Rc<RefCell<Shard>>,
+    wake: BufferedFile,
+    budget: usize,
+    batch: BatchWait,
+) {
+    let mut last_packets: Option<Instant> = None;
     loop {
-        let (handled, done) = {
+        let (pass, done) = {
             let mut s = shard.borrow_mut();
             let Shard { io, table } = &mut *s;
-            let handled = io.process(table, budget).unwrap_or_else(|e| {
+            let pass = io.process(table, budget).unwrap_or_else(|e| {
                 error!(error = %e, "media I/O pass failed");
-                0
+                Pass::default()
             });
-            (handled, table.stopping && table.live() == 0)
+            (pass, table.stopping && table.live() == 0)
         };
         if done {
             break;
         }
-        if handled >= budget {
+        if pass.completions >= budget {
             glommio::yield_if_needed().await;
             continue;
+        }
+        if pass.packets > 0 && batch.packets > 0 {
+            let now = Instant::now();
+            let steady = last_packets.is_some_and(|t| now.duration_since(t) <= batch.steady_gap);
+            last_packets = Some(now);
+            if steady {
+                let waited =
+                    shard
+                        .borrow_mut()
+                        .io
+                        .wait_batch(batch.packets, batch.min_wait, batch.max_wait);
+                if let Err(e) = waited {
+                    error!(error = %e, "waiting for a batch of packets failed");
+                }
+                glommio::yield_if_needed().await;
+                continue;
+            }
         }
         let sleep = shard.borrow_mut().io.prepare_sleep().unwrap_or_else(|e| {
             error!(error = %e, "preparing the media task to sleep failed");
