@@ -145,7 +145,8 @@ pub struct Dataplane {
     pub batch_packets: usize,
     pub batch_max_wait_us: u64,
     pub batch_min_wait_us: u64,
-    pub batch_steady_gap_us: u64,
+    pub batch_min_rate_pps: u64,
+    pub linger_ms: u64,
 }
 
 /// When the kernel runs receive completion work (see `rtprelay_dataplane::io::uring::TaskRun`).
@@ -355,6 +356,9 @@ impl Config {
                 d.batch_max_wait_us,
                 d.batch_min_wait_us
             );
+        }
+        if d.linger_ms > 1_000 {
+            bail!("dataplane.linger_ms must be at most 1000");
         }
         if d.batch_packets > usize::from(d.buffers_per_shard) {
             bail!("dataplane.batch_packets must be at most buffers_per_shard");

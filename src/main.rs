@@ -104,7 +104,8 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
         packets: d.batch_packets,
         max_wait: Duration::from_micros(d.batch_max_wait_us),
         min_wait: Duration::from_micros(d.batch_min_wait_us),
-        steady_gap: Duration::from_micros(d.batch_steady_gap_us),
+        min_rate_pps: d.batch_min_rate_pps,
+        linger: Duration::from_millis(d.linger_ms),
     };
     Ok(dp)
 }

@@ -33,9 +33,9 @@ pub struct DataplaneConfig {
 
 /// Under steady traffic a shard waits in the kernel for a batch of packets instead of going
 /// back to sleep after each one, so one wake-up (and one trip through the executor) pays for many
-/// packets: the per-packet CPU cost then approaches what the kernel itself needs. A lone packet
-/// (traffic slower than `steady_gap` between packets) still wakes the shard at once, so low-rate
-/// media gets no added latency.
+/// packets: the per-packet CPU cost then approaches what the kernel itself needs. Below
+/// `min_rate_pps` each packet still wakes the shard at once, so low-rate media gets no added
+/// latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchWait {
     /// Packets to wait for; 0 turns batching off (every packet wakes the shard).
@@ -45,8 +45,13 @@ pub struct BatchWait {
     /// Return once this has passed and at least one packet is there (0 = only on `packets` or
     /// `max_wait`). Needs Linux 6.12+; ignored on older kernels.
     pub min_wait: Duration,
-    /// Traffic is steady when a pass with packets follows the previous one within this.
-    pub steady_gap: Duration,
+    /// Batch only while the shard receives at least this many packets per second (measured
+    /// over 1 ms windows): below it a batch would hold few packets for the added latency.
+    pub min_rate_pps: u64,
+    /// After a packet, keep waiting for the next one on the shard's own ring (one system call
+    /// per wake-up) for this long before going back to sleep through the executor, whose
+    /// wake-up path costs several system calls more. Zero sleeps through the executor at once.
+    pub linger: Duration,
 }
 
 impl Default for BatchWait {
@@ -55,7 +60,8 @@ impl Default for BatchWait {
             packets: 32,
             max_wait: Duration::from_micros(100),
             min_wait: Duration::ZERO,
-            steady_gap: Duration::from_micros(500),
+            min_rate_pps: 40_000,
+            linger: Duration::from_millis(10),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Pass {
     pub completions: usize,
     /// Datagrams received among them; what tells steady traffic from a lone packet.
     pub packets: usize,
+    /// The descriptor given to [`MediaIo::watch`] became readable.
+    pub watched: bool,
 }
 
 /// What the handler wants done with a received packet.
@@ -99,6 +101,9 @@ pub trait MediaIo {
     /// Makes the wake-up descriptor ([`MediaIo::wake_fd`]) fire on the next completion. Returns
     /// `false` if completions are already waiting, in which case the caller must not sleep.
     fn prepare_sleep(&mut self) -> io::Result<bool>;
+    /// Also ends waits (see [`Pass::watched`]) when `fd` becomes readable: the shard's command
+    /// eventfd, so a shard waiting on its ring still answers commands at once.
+    fn watch(&mut self, fd: RawFd) -> io::Result<()>;
     /// Called after waking, before processing, to stop completions from signalling the wake-up
     /// descriptor while the shard is busy anyway.
     fn woke(&mut self);

@@ -88,6 +88,8 @@ const KIND_CANCEL: u64 = 3 << KIND_SHIFT;
 const KIND_NOP: u64 = 4 << KIND_SHIFT;
 /// The second send of a forked packet (rtpproxy `C`), from the same buffer as its relay send.
 const KIND_COPY: u64 = 5 << KIND_SHIFT;
+/// Readiness of the descriptor given to [`MediaIo::watch`].
+const KIND_WATCH: u64 = 6 << KIND_SHIFT;
 const KIND_MASK: u64 = 0xff << KIND_SHIFT;
 
 /// Memory the pending `sendmsg`s of one receive buffer point into; one per buffer. A buffer is
@@ -128,6 +130,10 @@ pub struct UringIo {
     efd: OwnedFd,
     /// The kernel accepts `min_wait_usec` in a wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12+).
     min_timeout: bool,
+    /// The descriptor given to [`MediaIo::watch`].
+    watched: Option<RawFd>,
+    /// Completion work is deferred until asked for ([`TaskRun::Defer`]).
+    defer: bool,
 }
 
 /// Everything the kernel may read or write on the ring's behalf, and the per-socket receive
@@ -225,6 +231,8 @@ impl UringIo {
             released: Vec::new(),
             efd,
             min_timeout,
+            watched: None,
+            defer: cfg.task_run == TaskRun::Defer,
         };
         this.ring.completion().disable_eventfd();
         Ok(this)
@@ -241,6 +249,41 @@ impl UringIo {
             self.ring.submit()?;
         }
     }
+}
+
+impl UringIo {
+    /// Submits what is queued and runs every piece of deferred completion work the kernel
+    /// holds. A plain enter runs at most 20 (IO_LOCAL_TW_DEFAULT_MAX) and a wait's own run is
+    /// capped by its count; a leftover item stays in the kernel's retry list, no longer flagged
+    /// (IORING_SQ_TASKRUN is cleared when a run starts) and no longer signalled, and while it
+    /// waits its socket queues no new work: that socket would go silent. So ask for more
+    /// completions than can exist, with a zero timeout.
+    fn run_deferred(&mut self) -> io::Result<()> {
+        if self.defer {
+            let ts = types::Timespec::new();
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let want = self.ring.completion().len() + RUN_ALL_DEFERRED;
+            match self.ring.submitter().submit_with_args(want, &args) {
+                Ok(_) => Ok(()),
+                Err(e) if is_wait_end(&e) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.ring.submit().map(drop)
+        }
+    }
+}
+
+/// More completions than a shard's ring can hold (see [`UringIo::run_deferred`]).
+const RUN_ALL_DEFERRED: usize = 1 << 20;
+
+/// A wait that ended by its timeout, a signal or a full completion queue: not a failure, the
+/// caller handles whatever completions are there.
+fn is_wait_end(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+    )
 }
 
 /// Pushes `entry` through a split ring, submitting when the queue is full.
@@ -343,6 +386,12 @@ impl MediaIo for UringIo {
                     }
                     KIND_SEND => self.st.on_send_done(&cqe, handler, false),
                     KIND_COPY => self.st.on_send_done(&cqe, handler, true),
+                    KIND_WATCH => {
+                        pass.watched = true;
+                        if let (Some(fd), false) = (self.watched, cqueue::more(cqe.flags())) {
+                            push_split(&submitter, &mut sq, &watch_entry(fd))?;
+                        }
+                    }
                     _ => {} // cancellations and nudges carry no work
                 }
             }
@@ -383,16 +432,7 @@ impl MediaIo for UringIo {
         }
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => Ok(()),
-            // The wait ended by its timeout, a signal, or a full completion queue: all fine,
-            // the caller processes whatever is there.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if is_wait_end(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -400,10 +440,10 @@ impl MediaIo for UringIo {
     fn prepare_sleep(&mut self) -> io::Result<bool> {
         self.st.bufs.publish();
         self.ring.completion().enable_eventfd();
-        // Flushes anything queued and runs deferred completion work. Order matters: with
+        // Flushes anything queued and runs all deferred completion work. Order matters: with
         // deferred task work the eventfd fires only when such work goes from none to some, so
         // none may be left pending once the eventfd is enabled.
-        self.ring.submit()?;
+        self.run_deferred()?;
         if !self.ring.completion().is_empty()
             || self.ring.submission().taskrun()
             || !self.released.is_empty()
@@ -412,6 +452,13 @@ impl MediaIo for UringIo {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    fn watch(&mut self, fd: RawFd) -> io::Result<()> {
+        self.watched = Some(fd);
+        self.push(&watch_entry(fd))?;
+        self.ring.submit()?;
+        Ok(())
     }
 
     fn woke(&mut self) {
@@ -427,6 +474,14 @@ impl MediaIo for UringIo {
     fn wake_fd(&self) -> RawFd {
         self.efd.as_raw_fd()
     }
+}
+
+/// A multishot readiness poll of `fd`: a completion each time it becomes readable.
+fn watch_entry(fd: RawFd) -> squeue::Entry {
+    opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(KIND_WATCH)
 }
 
 impl Shared {

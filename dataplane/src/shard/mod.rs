@@ -10,13 +10,14 @@
 //! Both tasks share the shard state through an `Rc<RefCell<_>>`; glommio never runs two tasks
 //! of one executor at once and neither holds the borrow across an await, so no lock exists.
 
+mod batch;
 mod table;
 
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use glommio::io::BufferedFile;
@@ -26,9 +27,10 @@ use tracing::{error, info, warn};
 use crate::command::{Command, Reply};
 use crate::config::{BatchWait, DataplaneConfig};
 use crate::event::EventSink;
-use crate::io::uring::UringIo;
+use crate::io::uring::{TaskRun, UringIo};
 use crate::io::{MediaIo, Pass};
 use crate::time::unix_now_us;
+use batch::BatchGate;
 use table::SessionTable;
 
 /// The control plane's way into one shard. Cheap to clone.
@@ -184,8 +186,10 @@ fn run(
                 return;
             }
         };
-        let readers =
-            glommio_reader(io.wake_fd()).and_then(|r| Ok((r, glommio_reader(wake.as_raw_fd())?)));
+        let mut io = io;
+        let readers = io.watch(wake.as_raw_fd()).and_then(|()| {
+            glommio_reader(io.wake_fd()).and_then(|r| Ok((r, glommio_reader(wake.as_raw_fd())?)))
+        });
         let (ring_wake, cmd_wake) = match readers {
             Ok(r) => r,
             Err(e) => {
@@ -228,6 +232,7 @@ fn run(
             ring_wake,
             config.budget,
             config.batch,
+            (config.uring.task_run == TaskRun::Defer).then_some(DEFER_SLEEP_CHECK),
         ));
         glommio::spawn_local(supervise(shard.clone(), config.tick)).detach();
         let stop_reply = control_loop(&shard, &rx, &cmd_wake).await;
@@ -333,13 +338,29 @@ async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
     }
 }
 
+/// Longest sleep through the executor with deferred task work. A wake-up through the ring's
+/// eventfd was seen to go missing in that mode (a socket's packets then waited in its queue
+/// until something else woke the shard; tests/faults.rs, ICMP errors on the outbound socket):
+/// the kernel signals the eventfd only when deferred work goes from none to some. Looking again
+/// after this long bounds the delay such a loss can cause, at 100 idle wake-ups per second.
+const DEFER_SLEEP_CHECK: Duration = Duration::from_millis(10);
+
+/// Longest single wait on the ring while lingering: how late glommio's timers and other tasks can
+/// run while the media task waits on its ring instead of through the executor.
+const LINGER_SLICE: Duration = Duration::from_millis(1);
+
 async fn media_loop(
     shard: Rc<RefCell<Shard>>,
     wake: BufferedFile,
     budget: usize,
     batch: BatchWait,
+    sleep_check: Option<Duration>,
 ) {
-    let mut last_packets: Option<Instant> = None;
+    let epoch = Instant::now();
+    let mono_us = || epoch.elapsed().as_micros() as u64;
+    let mut gate = BatchGate::new(batch.min_rate_pps, mono_us());
+    let mut last_packet_us = 0;
+    let (mut check_after_sleep, mut missed_wakeups) = (false, 0u64);
     loop {
         let (pass, done) = {
             let mut s = shard.borrow_mut();
@@ -353,34 +374,63 @@ async fn media_loop(
         if done {
             break;
         }
+        let now_us = mono_us();
+        if pass.packets > 0 {
+            last_packet_us = now_us;
+        }
+        if std::mem::take(&mut check_after_sleep) && pass.completions > 0 {
+            missed_wakeups += 1;
+            if missed_wakeups % 1000 == 1 {
+                warn!(
+                    missed_wakeups,
+                    "completions were waiting without a wake-up; found by the periodic check"
+                );
+            }
+        }
+        let batch_next = batch.packets > 0 && gate.on_pass(pass.packets, now_us);
+        if pass.watched {
+            // A command arrived. The control task reads it through glommio, which looks at its
+            // own I/O only between task slices: park briefly so it does that now, not at the
+            // next preemption.
+            glommio::timer::sleep(Duration::from_micros(1)).await;
+            continue;
+        }
         if pass.completions >= budget {
             glommio::yield_if_needed().await;
             continue;
         }
-        if pass.packets > 0 && batch.packets > 0 {
-            let now = Instant::now();
-            let steady = last_packets.is_some_and(|t| now.duration_since(t) <= batch.steady_gap);
-            last_packets = Some(now);
-            if steady {
-                let waited =
-                    shard
-                        .borrow_mut()
-                        .io
-                        .wait_batch(batch.packets, batch.min_wait, batch.max_wait);
-                if let Err(e) = waited {
-                    error!(error = %e, "waiting for a batch of packets failed");
-                }
-                glommio::yield_if_needed().await;
-                continue;
+        let wait = if batch_next {
+            Some((batch.packets, batch.min_wait, batch.max_wait))
+        } else if now_us.saturating_sub(last_packet_us) < batch.linger.as_micros() as u64 {
+            Some((1, Duration::ZERO, LINGER_SLICE))
+        } else {
+            None
+        };
+        if let Some((packets, min_wait, max_wait)) = wait {
+            let waited = shard
+                .borrow_mut()
+                .io
+                .wait_batch(packets, min_wait, max_wait);
+            if let Err(e) = waited {
+                error!(error = %e, "waiting for packets failed");
             }
+            glommio::yield_if_needed().await;
+            continue;
         }
         let sleep = shard.borrow_mut().io.prepare_sleep().unwrap_or_else(|e| {
             error!(error = %e, "preparing the media task to sleep failed");
             true
         });
         if sleep {
-            if let Err(e) = wake.read_at(0, 8).await {
-                error!(error = %e, "reading the ring eventfd failed");
+            let read = wake.read_at(0, 8);
+            let woken = match sleep_check {
+                Some(limit) => glommio::timer::timeout(limit, read).await,
+                None => read.await,
+            };
+            match woken {
+                Ok(_) => {}
+                Err(glommio::GlommioError::TimedOut(_)) => check_after_sleep = true,
+                Err(e) => error!(error = %e, "reading the ring eventfd failed"),
             }
             shard.borrow_mut().io.woke();
         }
