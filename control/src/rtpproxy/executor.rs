@@ -18,10 +18,11 @@ use rtprelay_dataplane::session::peer::Latching;
 use rtprelay_dataplane::{CreateError, ListQuery, Protocol, SessionSnapshot, SessionSpec};
 use tracing::{info, warn};
 
-use super::command::{Command, LocalAddress, StreamRef, UpdateLookup};
+use super::command::{Command, LocalAddress, QueryStat, StreamRef, UpdateLookup};
 use super::error::ErrorCode;
 use super::notify::{Notifier, Target};
-use super::reply::{Info, QueryCounters, Reply, StatValue};
+use super::query::QueryView;
+use super::reply::{Info, Reply, StatValue};
 use super::{capabilities, session_id};
 use crate::router::Router;
 use crate::validate::{self, SessionDefaults};
@@ -82,12 +83,7 @@ impl Executor {
                 stream,
                 verbose,
                 stats,
-            } => {
-                if !stats.is_empty() {
-                    return Reply::Error(ErrorCode::QueryFailed);
-                }
-                self.query(&stream, verbose).await
-            }
+            } => self.query(&stream, verbose, &stats).await,
             Command::Info { .. } => self.info().await,
             Command::GetStats { verbose, names } => self.global_stats(verbose, names).await,
             Command::DeleteAll => self.delete_all().await,
@@ -348,35 +344,34 @@ impl Executor {
         Reply::Error(ErrorCode::SessionUnknown)
     }
 
-    async fn query(&self, stream: &StreamRef, verbose: bool) -> Reply {
+    /// `Q`: the classic counters, or the named statistics in the order asked (see
+    /// [`super::query`] for what each reports).
+    async fn query(&self, stream: &StreamRef, verbose: bool, stats: &[QueryStat]) -> Reply {
         let (side, s) = match self.find(stream).await {
             Ok(Some(found)) => found,
             Ok(None) => return Reply::Error(ErrorCode::SessionUnknown),
             Err(code) => return Reply::Error(code),
         };
-        let received = |d: &rtprelay_dataplane::stats::DirectionStats| {
-            d.rtp.packets_received + d.rtcp.packets_received
-        };
-        let (ina, ino) = match side {
-            Side::Caller => (received(&s.forward), received(&s.reverse)),
-            Side::Callee => (received(&s.reverse), received(&s.forward)),
-        };
-        let sent = [s.forward.rtp, s.forward.rtcp, s.reverse.rtp, s.reverse.rtcp];
         let last = s
             .forward
             .last_activity_us
             .max(s.reverse.last_activity_us)
             .max(s.created_us);
         let idle_s = rtprelay_dataplane::time::unix_now_us().saturating_sub(last) / 1_000_000;
-        Reply::Query {
-            verbose,
-            counters: QueryCounters {
-                ttl: self.cfg.ttl.as_secs().saturating_sub(idle_s) as u32,
-                npkts_ina: ina,
-                npkts_ino: ino,
-                nrelayed: sent.iter().map(|c| c.packets_sent).sum(),
-                ndropped: sent.iter().map(|c| c.dropped.total()).sum(),
-            },
+        let ttl = self.cfg.ttl.as_secs().saturating_sub(idle_s) as u32;
+        let view = QueryView::new(&s, side == Side::Caller, ttl);
+        if stats.is_empty() {
+            return Reply::Query {
+                verbose,
+                counters: view.counters(),
+            };
+        }
+        match view.stats(stats) {
+            Ok(values) => Reply::QueryStats { verbose, values },
+            Err(code) => {
+                warn!(session = %s.id, "Q asked for a statistic the relay does not track");
+                Reply::Error(code)
+            }
         }
     }
 

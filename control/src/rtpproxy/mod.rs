@@ -22,6 +22,7 @@ mod fields;
 pub mod frame;
 pub mod notify;
 pub mod parse;
+pub mod query;
 pub mod reply;
 pub mod server;
 pub mod session_id;

@@ -16,6 +16,10 @@ pub struct Jitter {
     prev_clock: u32,
     /// The estimate `J`, in units of `clock`.
     units: f64,
+    /// The highest `J` so far and the running mean of `J` over all samples, in units of
+    /// `clock` (rtpproxy's `rtpa_jmax` / `rtpa_javg`); `f32` keeps a source's state small.
+    max_units: f32,
+    mean_units: f32,
     clock: u32,
     samples: u64,
 }
@@ -41,11 +45,17 @@ impl Jitter {
             if self.clock != hz && self.clock != 0 {
                 // The source switched to a payload type of another clock rate: keep the
                 // estimate's duration, in the new units.
-                self.units *= f64::from(hz) / f64::from(self.clock);
+                let scale = f64::from(hz) / f64::from(self.clock);
+                self.units *= scale;
+                self.max_units = (f64::from(self.max_units) * scale) as f32;
+                self.mean_units = (f64::from(self.mean_units) * scale) as f32;
             }
             self.clock = hz;
             self.units += (d.abs() - self.units) / 16.0;
             self.samples += 1;
+            let j = self.units as f32;
+            self.max_units = self.max_units.max(j);
+            self.mean_units += (j - self.mean_units) / self.samples as f32;
         }
         self.prev_arrival_us = arrival_us;
         self.prev_ts = ts;
@@ -61,6 +71,20 @@ impl Jitter {
     /// The estimate in milliseconds, once at least one difference was taken.
     pub fn ms(&self) -> Option<f64> {
         (self.samples > 0 && self.clock > 0).then(|| self.units * 1e3 / f64::from(self.clock))
+    }
+
+    /// The highest estimate so far, in milliseconds.
+    pub fn max_ms(&self) -> Option<f64> {
+        self.to_ms(self.max_units)
+    }
+
+    /// The mean of the estimate over all samples, in milliseconds.
+    pub fn mean_ms(&self) -> Option<f64> {
+        self.to_ms(self.mean_units)
+    }
+
+    fn to_ms(&self, units: f32) -> Option<f64> {
+        (self.samples > 0 && self.clock > 0).then(|| f64::from(units) * 1e3 / f64::from(self.clock))
     }
 
     /// The estimate in RTP timestamp units (as a receiver report would carry it).
@@ -86,6 +110,27 @@ mod tests {
         }
         assert_eq!(j.units(), Some(1.876953125));
         assert_eq!(j.ms(), Some(0.234619140625));
+        // J rose at every sample, so the maximum is the last value; the mean is
+        // (0 + 0.5 + 1.46875 + 1.876953125) / 4 units.
+        assert_eq!(j.max_ms(), Some(0.234619140625));
+        let mean = j.mean_ms().expect("samples");
+        assert!((mean - 0.96142578125 / 8.0).abs() < 1e-6, "{mean}");
+    }
+
+    #[test]
+    fn maximum_outlives_a_calming_stream() {
+        let mut j = Jitter::default();
+        // One 10 ms late packet among perfectly paced 8 kHz packets: |D| = 80 units for it and
+        // for the next (back on time), so J peaks at 80/16 + (80 - 5)/16 = 9.6875 units
+        // (1.2109375 ms), then decays.
+        for i in 0..200u64 {
+            let late = if i == 10 { 10_000 } else { 0 };
+            j.update(i * 20_000 + late, (i * 160) as u32, Some(8_000));
+        }
+        let (now, max, mean) = (j.ms().unwrap(), j.max_ms().unwrap(), j.mean_ms().unwrap());
+        assert!(now < 0.001, "{now}");
+        assert!((max - 1.2109375).abs() < 1e-6, "{max}");
+        assert!(mean > now && mean < max, "{mean}");
     }
 
     #[test]

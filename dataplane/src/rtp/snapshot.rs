@@ -78,6 +78,9 @@ pub struct SourceSnapshot {
     pub restarts: u64,
     /// RFC 3550 interarrival jitter; `None` while the clock rate is unknown.
     pub jitter_ms: Option<f64>,
+    /// The highest and the mean value `jitter_ms` has had (rtpproxy's `Q` reports both).
+    pub jitter_max_ms: Option<f64>,
+    pub jitter_mean_ms: Option<f64>,
     pub first_seen_us: u64,
     pub last_seen_us: u64,
     /// The latest report block about this source from its receiver.

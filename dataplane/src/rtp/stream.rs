@@ -84,6 +84,8 @@ impl SourceState {
             reordered: s.reordered(),
             restarts: s.restarts(),
             jitter_ms: self.jitter.ms(),
+            jitter_max_ms: self.jitter.max_ms(),
+            jitter_mean_ms: self.jitter.mean_ms(),
             first_seen_us: self.first_seen_us,
             last_seen_us: self.last_seen_us,
             remote: self.remote.map(|r| RemoteReport {
