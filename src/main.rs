@@ -224,6 +224,7 @@ async fn start_rtpproxy(
         },
         notifier,
     ));
+    tokio::spawn(executor.refs().run(events.clone()));
     let mut tasks = Vec::new();
     for addr in addrs {
         let socket = tokio::net::UdpSocket::bind(addr)

@@ -115,3 +115,75 @@ async fn named_query_statistics_count_loss_duplicates_and_errors() {
     );
     assert_eq!(c.ask("q6", "Q nocall ftag;1 ttag;1 ttl"), "E50");
 }
+
+/// Whether the relay still knows the stream (Q answers, rather than E50).
+fn exists(c: &Controller, cookie: &str, call: &str) -> bool {
+    match c.ask(cookie, &format!("Q {call} ftag;1 ttag;1")).as_str() {
+        "E50" => false,
+        reply => {
+            assert_eq!(reply.split(' ').count(), 5, "{reply:?}");
+            true
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_references_keep_a_stream_until_the_last_one_goes() {
+    let (_relay, c) = start().await;
+    let (caller, callee) = (udp(0), udp(0));
+    let caller_port = caller.local_addr().unwrap().port();
+    let callee_port = callee.local_addr().unwrap().port();
+
+    // Uw creates a weakly held stream, Lw adds the other side's weak reference.
+    let call = "weak-1@test";
+    let to_callee = port_of(&c.ask("u1", &format!("Uw {call} 127.0.0.1 {caller_port} ftag;1")));
+    let to_caller = port_of(&c.ask(
+        "l1",
+        &format!("Lw {call} 127.0.0.1 {callee_port} ftag;1 ttag;1"),
+    ));
+    // A plain D has no strong reference to drop: the call goes on.
+    assert_eq!(c.ask("d1", &format!("D {call} ftag ttag")), "0");
+    assert!(exists(&c, "q1", call));
+    relay_one(&caller, to_caller, &callee, &rtp(0, 1, 0, 1, 20));
+    // Dw with the caller's tag first drops the L's weak reference, swapped tags the U's.
+    assert_eq!(c.ask("d2", &format!("Dw {call} ftag ttag")), "0");
+    assert!(exists(&c, "q2", call));
+    relay_one(&callee, to_callee, &caller, &rtp(0, 1, 0, 2, 20));
+    assert_eq!(c.ask("d3", &format!("Dw {call} ttag ftag")), "0");
+    assert!(!exists(&c, "q3", call), "no reference left");
+    assert_eq!(c.ask("d4", &format!("Dw {call} ttag ftag")), "E50");
+
+    // A strong U plus a weak L: D drops the strong one, the weak one still holds the stream.
+    let call = "weak-2@test";
+    port_of(&c.ask("u2", &format!("U {call} 127.0.0.1 {caller_port} ftag;1")));
+    let to_caller = port_of(&c.ask(
+        "l2",
+        &format!("Lw {call} 127.0.0.1 {callee_port} ftag;1 ttag;1"),
+    ));
+    assert_eq!(c.ask("d5", &format!("D {call} ftag ttag")), "0");
+    assert!(exists(&c, "q4", call));
+    relay_one(&caller, to_caller, &callee, &rtp(0, 2, 160, 1, 20));
+    // Dw of the U's side (swapped tags) changes nothing: that side holds no weak reference.
+    assert_eq!(c.ask("d6", &format!("Dw {call} ttag ftag")), "0");
+    assert!(exists(&c, "q5", call));
+    assert_eq!(c.ask("d7", &format!("Dw {call} ftag ttag")), "0");
+    assert!(!exists(&c, "q6", call));
+    // The ports are closed: nothing is relayed any more.
+    callee
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    caller
+        .send_to(&rtp(0, 3, 320, 1, 20), ("127.0.0.1", to_caller))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        callee.recv_from(&mut buf).is_err(),
+        "deleted stream relayed"
+    );
+
+    // Without w, a plain D deletes at once, as before.
+    let call = "strong@test";
+    port_of(&c.ask("u3", &format!("U {call} 127.0.0.1 {caller_port} ftag;1")));
+    assert_eq!(c.ask("d8", &format!("D {call} ftag")), "0");
+    assert!(!exists(&c, "q7", call));
+}

@@ -22,6 +22,7 @@ use super::command::{Command, LocalAddress, QueryStat, StreamRef, UpdateLookup};
 use super::error::ErrorCode;
 use super::notify::{Notifier, Target};
 use super::query::QueryView;
+use super::refs::{self, RefTable};
 use super::reply::{Info, Reply, StatValue};
 use super::{capabilities, session_id};
 use crate::router::Router;
@@ -47,6 +48,7 @@ pub struct Executor {
     cfg: ExecutorConfig,
     created: AtomicU64,
     notifier: std::sync::Arc<Notifier>,
+    refs: std::sync::Arc<RefTable>,
 }
 
 /// Which side of an existing session a command speaks for.
@@ -65,7 +67,14 @@ impl Executor {
             cfg,
             created: AtomicU64::new(0),
             notifier,
+            refs: std::sync::Arc::default(),
         }
+    }
+
+    /// The weak/strong reference table; its [`RefTable::run`] must follow the relay's events
+    /// so entries of closed streams are dropped.
+    pub fn refs(&self) -> std::sync::Arc<RefTable> {
+        self.refs.clone()
     }
 
     pub async fn execute(&self, cmd: Command) -> Reply {
@@ -78,7 +87,7 @@ impl Executor {
             Command::VersionFeature { date } => Reply::Feature(capabilities::supports(&date)),
             Command::Update(u) => self.update_or_lookup(u, false).await,
             Command::Lookup(u) => self.update_or_lookup(u, true).await,
-            Command::Delete { stream, .. } => self.delete(&stream).await,
+            Command::Delete { stream, weak } => self.delete(&stream, weak).await,
             Command::Query {
                 stream,
                 verbose,
@@ -248,11 +257,15 @@ impl Executor {
                     warn!(error = %e, "rtpproxy update failed");
                     return Reply::Error(ErrorCode::ShuttingDown);
                 }
+                let index = refs::stream_index(side == Side::Caller, !lookup);
+                self.refs
+                    .hold(&s.id, s.created_us, index, u.modifiers.weak, !lookup);
                 port_reply(&s, !caller_speaks)
             }
             None if lookup => Reply::Ok,
             None => match self.create(&u, remote).await {
                 Ok(s) => {
+                    self.refs.created(&s.id, s.created_us, u.modifiers.weak);
                     if let Some(n) = &u.notify {
                         let target = Target {
                             socket: n.socket.clone(),
@@ -317,29 +330,42 @@ impl Executor {
         }
     }
 
-    async fn delete(&self, stream: &StreamRef) -> Reply {
-        let mut tags = vec![&stream.from_tag];
-        tags.extend(stream.to_tag.as_ref());
-        for tag in tags {
-            let ids = match tag.media {
-                Some(_) => vec![session_id::session_id(&stream.call_id, tag)],
+    /// `D[w]`: drops the strong reference (or with `w` the weak one of the command's side) of
+    /// every stream the tags name; a stream goes when nothing holds it any more (see
+    /// [`super::refs`]). Streams are looked up by the from-tag, then by the to-tag.
+    async fn delete(&self, stream: &StreamRef, weak: bool) -> Reply {
+        let mut tags = vec![(&stream.from_tag, true)];
+        tags.extend(stream.to_tag.as_ref().map(|t| (t, false)));
+        for (tag, first) in tags {
+            let sessions = match tag.media {
+                Some(_) => {
+                    let id = session_id::session_id(&stream.call_id, tag);
+                    match self.router.get(id).await {
+                        Ok(s) => s.into_iter().collect(),
+                        Err(_) => return Reply::Error(ErrorCode::ShuttingDown),
+                    }
+                }
                 None => match self
-                    .ids_with_prefix(&session_id::prefix(&stream.call_id, &tag.tag))
+                    .sessions_with_prefix(&session_id::prefix(&stream.call_id, &tag.tag))
                     .await
                 {
-                    Ok(ids) => ids,
+                    Ok(s) => s,
                     Err(code) => return Reply::Error(code),
                 },
             };
-            let mut deleted = false;
-            for id in ids {
-                if let Ok(Some(_)) = self.router.destroy(id).await {
-                    deleted = true;
+            if sessions.is_empty() {
+                continue;
+            }
+            let index = refs::stream_index(first, false);
+            for s in sessions {
+                if self.refs.release(&s.id, s.created_us, index, weak) {
+                    let _ = self.router.destroy(s.id).await;
+                } else {
+                    let h = self.refs.get(&s.id, s.created_us);
+                    info!(session = %s.id, strong = h.strong, weak = ?h.weak, "rtpproxy stream still referenced; kept");
                 }
             }
-            if deleted {
-                return Reply::Ok;
-            }
+            return Reply::Ok;
         }
         Reply::Error(ErrorCode::SessionUnknown)
     }
@@ -380,11 +406,6 @@ impl Executor {
         let mut all = self.sessions_with_prefix(session_id::PLAIN_PREFIX).await?;
         all.extend(self.sessions_with_prefix(session_id::HASHED_PREFIX).await?);
         Ok(all)
-    }
-
-    async fn ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, ErrorCode> {
-        let sessions = self.sessions_with_prefix(prefix).await?;
-        Ok(sessions.into_iter().map(|s| s.id).collect())
     }
 
     async fn sessions_with_prefix(&self, prefix: &str) -> Result<Vec<SessionSnapshot>, ErrorCode> {

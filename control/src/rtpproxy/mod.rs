@@ -23,6 +23,7 @@ pub mod frame;
 pub mod notify;
 pub mod parse;
 pub mod query;
+pub mod refs;
 pub mod reply;
 pub mod server;
 pub mod session_id;
