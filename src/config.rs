@@ -192,9 +192,31 @@ pub struct Rtpproxy {
     /// Where `R` writes pcap files; empty disables recording.
     #[serde(default)]
     pub record_dir: PathBuf,
+    /// rtpproxy's bridge mode (`-l internal/external`): the local addresses the `i` and `e`
+    /// modifiers bind a leg to. Both or neither.
+    #[serde(default)]
+    pub internal: Option<IpAddr>,
+    #[serde(default)]
+    pub external: Option<IpAddr>,
 }
 
 impl Rtpproxy {
+    /// The bridged networks, when both addresses are configured.
+    pub fn bridge(
+        &self,
+    ) -> anyhow::Result<Option<rtprelay_control::rtpproxy::bridge::BridgeAddresses>> {
+        match (self.internal, self.external) {
+            (Some(internal), Some(external)) => {
+                Ok(Some(rtprelay_control::rtpproxy::bridge::BridgeAddresses {
+                    internal,
+                    external,
+                }))
+            }
+            (None, None) => Ok(None),
+            _ => bail!("rtpproxy.internal and rtpproxy.external: give both, or neither"),
+        }
+    }
+
     /// Unix stream socket paths to listen on, from `unix:/path`.
     pub fn unix_paths(&self) -> Vec<PathBuf> {
         self.listen
@@ -330,6 +352,7 @@ impl Config {
             );
         }
         self.rtpproxy.udp_addresses()?;
+        self.rtpproxy.bridge()?;
         for (i, iface) in self.interfaces.iter().enumerate() {
             iface.media()?;
             if self.interfaces[..i]
@@ -429,6 +452,23 @@ mod tests {
             vec![PathBuf::from("/run/x.sock")]
         );
         assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"tcp:1.2.3.4:5\"]\n")).is_err());
+    }
+
+    #[test]
+    fn rtpproxy_bridge_needs_both_addresses() {
+        let c = Config::from_toml(None).unwrap();
+        assert_eq!(c.rtpproxy.bridge().unwrap(), None);
+        let c = Config::from_toml(Some(
+            "[rtpproxy]\ninternal = \"127.0.0.1\"\nexternal = \"127.0.0.2\"\n",
+        ))
+        .unwrap();
+        let b = c.rtpproxy.bridge().unwrap().unwrap();
+        assert_eq!(
+            (b.internal.to_string(), b.external.to_string()),
+            ("127.0.0.1".into(), "127.0.0.2".into())
+        );
+        assert!(Config::from_toml(Some("[rtpproxy]\ninternal = \"127.0.0.1\"\n")).is_err());
+        assert!(Config::from_toml(Some("[rtpproxy]\nexternal = \"nowhere\"\n")).is_err());
         assert!(Config::from_toml(Some("[rtpproxy]\nlisten = [\"udp:nowhere\"]\n")).is_err());
     }
 

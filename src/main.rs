@@ -221,6 +221,7 @@ async fn start_rtpproxy(
             defaults: config.sessions.defaults(),
             record_dir: (!config.rtpproxy.record_dir.as_os_str().is_empty())
                 .then(|| config.rtpproxy.record_dir.clone()),
+            bridge: config.rtpproxy.bridge()?,
         },
         notifier,
     ));

@@ -187,3 +187,221 @@ async fn weak_references_keep_a_stream_until_the_last_one_goes() {
     assert_eq!(c.ask("d8", &format!("D {call} ftag")), "0");
     assert!(!exists(&c, "q7", call));
 }
+
+/// Expects `data` at `to`, sent by the relay from `from_port`; returns the source address.
+fn expect_from(to: &UdpSocket, data: &[u8]) -> std::net::SocketAddr {
+    let mut buf = [0u8; 2048];
+    let (n, src) = to.recv_from(&mut buf).expect("packet relayed");
+    assert_eq!(&buf[..n], data);
+    src
+}
+
+/// Asserts nothing arrives at `to` within 300 ms.
+fn expect_nothing(to: &UdpSocket, what: &str) {
+    to.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(to.recv_from(&mut buf).is_err(), "{what}");
+    to.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_moves_the_announced_port_and_keeps_the_call() {
+    let (_relay, c) = start().await;
+    assert_eq!(c.ask("v", "VF 20150330"), "1");
+    // Without bridge mode, i and e are errors, as rtpproxy answers them.
+    assert_eq!(c.ask("e1", "Ui c 127.0.0.1 9 f;1"), "E12");
+    assert_eq!(c.ask("e2", "Uei c 127.0.0.1 9 f;1"), "E11");
+    assert_eq!(
+        c.ask("e3", "Ln c 127.0.0.1 9 f;1 t;1"),
+        "0",
+        "L never creates"
+    );
+
+    let (caller, callee) = (udp(0), udp(0));
+    let caller_port = caller.local_addr().unwrap().port();
+    let callee_port = callee.local_addr().unwrap().port();
+    let call = "new-port@test";
+    let to_callee = port_of(&c.ask("u1", &format!("Uw {call} 127.0.0.1 {caller_port} ftag;1")));
+    let to_caller = port_of(&c.ask(
+        "l1",
+        &format!("L {call} 127.0.0.1 {callee_port} ftag;1 ttag;1"),
+    ));
+    relay_one(&caller, to_caller, &callee, &rtp(0, 1, 0, 1, 20));
+    relay_one(&callee, to_callee, &caller, &rtp(0, 1, 0, 2, 20));
+
+    // Un: the U's port (where the callee sends) is replaced; the caller's port stays.
+    let moved = port_of(&c.ask("u2", &format!("Unw {call} 127.0.0.1 {caller_port} ftag;1")));
+    assert!(
+        moved != to_callee && moved % 2 == 0,
+        "{moved} vs {to_callee}"
+    );
+    let p = rtp(0, 2, 160, 1, 20);
+    caller.send_to(&p, ("127.0.0.1", to_caller)).unwrap();
+    assert_eq!(
+        expect_from(&callee, &p).port(),
+        moved,
+        "relayed from the new port"
+    );
+    let p = rtp(0, 2, 160, 2, 20);
+    callee.send_to(&p, ("127.0.0.1", to_callee)).unwrap();
+    expect_nothing(&caller, "the old port is closed");
+    callee.send_to(&p, ("127.0.0.1", moved)).unwrap();
+    assert_eq!(expect_from(&caller, &p).port(), to_caller);
+
+    // Ln: the L's port (where the caller sends) is replaced the same way.
+    let moved_l = port_of(&c.ask(
+        "l2",
+        &format!("Ln {call} 127.0.0.1 {callee_port} ftag;1 ttag;1"),
+    ));
+    assert!(moved_l != to_caller && moved_l != moved, "{moved_l}");
+    let p = rtp(0, 3, 320, 1, 20);
+    caller.send_to(&p, ("127.0.0.1", to_caller)).unwrap();
+    expect_nothing(&callee, "the old caller-side port is closed");
+    caller.send_to(&p, ("127.0.0.1", moved_l)).unwrap();
+    assert_eq!(expect_from(&callee, &p).port(), moved);
+    // Counters restarted with the new ports: one packet from the caller since Ln.
+    let q: Vec<u64> = c
+        .ask("q1", &format!("Q {call} ftag;1 ttag;1"))
+        .split(' ')
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(q[1], 1, "{q:?}");
+
+    // The weak reference of Uw/Unw carried over: D (strong) keeps the stream, Dw of the U's
+    // side ends it.
+    assert_eq!(c.ask("d1", &format!("D {call} ftag ttag")), "0");
+    assert!(exists(&c, "q2", call));
+    assert_eq!(c.ask("d2", &format!("Dw {call} ttag ftag")), "0");
+    assert!(!exists(&c, "q3", call));
+}
+
+/// `PORT ADDR` of a U/L reply.
+fn port_addr(reply: &str) -> (u16, String) {
+    let (port, addr) = reply
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("not a port reply: {reply:?}"));
+    (port.parse().unwrap(), addr.to_owned())
+}
+
+fn udp_on(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind((ip, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_mode_binds_each_leg_to_its_network() {
+    let ctl_port = free_udp_port();
+    let config = std::env::temp_dir().join(format!("rtprelay-bridge-{ctl_port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[rtpproxy]\nlisten = [\"udp:127.0.0.1:{ctl_port}\"]\n\
+             internal = \"127.0.0.1\"\nexternal = \"127.0.0.2\"\n"
+        ),
+    )
+    .unwrap();
+    let (_relay, mut grpc) = Relay::start(2, &["--config", config.to_str().unwrap()]).await;
+    let c = Controller::on_port(ctl_port);
+
+    // Caller inside (127.0.0.1), callee outside (127.0.0.2): Uie.
+    let caller = udp_on("127.0.0.1");
+    let callee = udp_on("127.0.0.2");
+    let caller_port = caller.local_addr().unwrap().port();
+    let callee_port = callee.local_addr().unwrap().port();
+    let call = "bridge-1@test";
+    let (to_callee, ext) =
+        port_addr(&c.ask("u1", &format!("Uie {call} 127.0.0.1 {caller_port} ftag;1")));
+    assert_eq!(ext, "127.0.0.2", "the callee is told the external address");
+    let (to_caller, int) = port_addr(&c.ask(
+        "l1",
+        &format!("L {call} 127.0.0.2 {callee_port} ftag;1 ttag;1"),
+    ));
+    assert_eq!(int, "127.0.0.1", "the caller is told the internal address");
+    let s = status(&mut grpc, &format!("rtpp:{call}:ftag:1")).await;
+    assert_eq!(
+        addr_of(&s.listen).to_string(),
+        format!("127.0.0.1:{to_caller}")
+    );
+    assert_eq!(
+        addr_of(&s.connect).to_string(),
+        format!("127.0.0.2:{to_callee}")
+    );
+    // Media crosses between the networks, each leg from its own address.
+    let p = rtp(0, 1, 0, 1, 40);
+    caller.send_to(&p, ("127.0.0.1", to_caller)).unwrap();
+    assert_eq!(
+        expect_from(&callee, &p).to_string(),
+        format!("127.0.0.2:{to_callee}")
+    );
+    let p = rtp(0, 1, 0, 2, 40);
+    callee.send_to(&p, ("127.0.0.2", to_callee)).unwrap();
+    assert_eq!(
+        expect_from(&caller, &p).to_string(),
+        format!("127.0.0.1:{to_caller}")
+    );
+
+    // The other way round, one letter, and none.
+    for (mods, listen, connect) in [
+        ("ei", "127.0.0.2", "127.0.0.1"),
+        ("e", "127.0.0.2", "127.0.0.1"),
+        ("ee", "127.0.0.2", "127.0.0.2"),
+        ("", "127.0.0.1", "127.0.0.1"),
+    ] {
+        let call = format!("bridge-{mods}@test");
+        let (_, addr) = port_addr(&c.ask(
+            &format!("u-{mods}"),
+            &format!("U{mods} {call} 127.0.0.1 9 ftag;1"),
+        ));
+        assert_eq!(addr, connect, "U{mods}");
+        let (_, addr) = port_addr(&c.ask(
+            &format!("l-{mods}"),
+            &format!("L {call} 127.0.0.1 9 ftag;1 ttag;1"),
+        ));
+        assert_eq!(addr, listen, "U{mods}");
+        let s = status(&mut grpc, &format!("rtpp:{call}:ftag:1")).await;
+        assert_eq!(
+            (
+                addr_of(&s.listen).ip().to_string(),
+                addr_of(&s.connect).ip().to_string()
+            ),
+            (listen.to_owned(), connect.to_owned()),
+            "U{mods}"
+        );
+    }
+
+    // n with both letters moves the announced port to the second letter's network.
+    let call = "bridge-n@test";
+    let caller = udp_on("127.0.0.1");
+    let callee = udp_on("127.0.0.1");
+    let caller_port = caller.local_addr().unwrap().port();
+    let callee_port = callee.local_addr().unwrap().port();
+    let (old, addr) =
+        port_addr(&c.ask("u2", &format!("Uii {call} 127.0.0.1 {caller_port} ftag;1")));
+    assert_eq!(addr, "127.0.0.1");
+    let (to_caller, _) = port_addr(&c.ask(
+        "l2",
+        &format!("L {call} 127.0.0.1 {callee_port} ftag;1 ttag;1"),
+    ));
+    let (moved, addr) =
+        port_addr(&c.ask("u3", &format!("Unie {call} 127.0.0.1 {caller_port} ftag;1")));
+    assert_eq!(addr, "127.0.0.2");
+    let s = status(&mut grpc, &format!("rtpp:{call}:ftag:1")).await;
+    assert_eq!(
+        addr_of(&s.connect).to_string(),
+        format!("127.0.0.2:{moved}")
+    );
+    assert_eq!(
+        addr_of(&s.listen).to_string(),
+        format!("127.0.0.1:{to_caller}")
+    );
+    let p = rtp(0, 1, 0, 3, 40);
+    caller.send_to(&p, ("127.0.0.1", to_caller)).unwrap();
+    assert_eq!(
+        expect_from(&callee, &p).to_string(),
+        format!("127.0.0.2:{moved}"),
+        "relayed from the moved port, not {old}"
+    );
+    let _ = std::fs::remove_file(&config);
+}

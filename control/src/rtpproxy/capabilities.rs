@@ -49,7 +49,7 @@ pub const CAPABILITIES: &[Capability] = &[
     // `Il` average load.
     cap("20140323", false, "load tracking and reporting"),
     // `n` modifier on U/L.
-    cap("20150330", false, "Un/Ln: new port for an existing stream"),
+    cap("20150330", true, "Un/Ln: new port for an existing stream"),
     // `Q` with named statistics (see `query`); OpenSIPS needs it for its statistics.
     cap("20150420", true, "extended Q command with named statistics"),
     // Notifications over the control connection itself.
@@ -74,6 +74,7 @@ mod tests {
     fn kamailio_and_opensips_probes() {
         for date in [
             "20040107", "20050322", "20080403", "20081102", "20071218", "20200226", "20150420",
+            "20150330",
         ] {
             assert!(supports(date), "{date}");
         }

@@ -18,7 +18,8 @@ use rtprelay_dataplane::session::peer::Latching;
 use rtprelay_dataplane::{CreateError, ListQuery, Protocol, SessionSnapshot, SessionSpec};
 use tracing::{info, warn};
 
-use super::command::{Command, LocalAddress, QueryStat, StreamRef, UpdateLookup};
+use super::bridge::{BridgeAddresses, LocalAddresses};
+use super::command::{Command, QueryStat, StreamRef, UpdateLookup};
 use super::error::ErrorCode;
 use super::notify::{Notifier, Target};
 use super::query::QueryView;
@@ -40,6 +41,8 @@ pub struct ExecutorConfig {
     pub defaults: SessionDefaults,
     /// Where `R` writes pcap files; `None` disables recording (`R` answers E65).
     pub record_dir: Option<PathBuf>,
+    /// rtpproxy's bridge mode (`i`/`e`); `None` makes those modifiers errors.
+    pub bridge: Option<BridgeAddresses>,
 }
 
 /// Executes commands; shared by all control sockets.
@@ -201,14 +204,11 @@ impl Executor {
         Ok(None)
     }
 
-    fn local_ip(&self, u: &UpdateLookup) -> Result<IpAddr, ErrorCode> {
-        match u.modifiers.local {
-            Some(LocalAddress::Bind(ip)) => Ok(ip),
-            Some(LocalAddress::RouteTo(remote)) => route_source(remote),
-            None if u.modifiers.ipv6 || u.remote.is_ipv6() => {
-                self.cfg.media_v6.ok_or(ErrorCode::NoAddressForFamily)
-            }
-            None => Ok(self.cfg.media_v4),
+    fn addresses(&self) -> LocalAddresses {
+        LocalAddresses {
+            v4: self.cfg.media_v4,
+            v6: self.cfg.media_v6,
+            bridge: self.cfg.bridge,
         }
     }
 
@@ -225,6 +225,9 @@ impl Executor {
                 "notify socket not in [rtpproxy] notify; refused"
             );
             return Reply::Error(ErrorCode::NotifyDisabled);
+        }
+        if let Err(code) = self.addresses().check(&u.modifiers) {
+            return Reply::Error(code);
         }
         let remote = u.remote_known();
         let found = match self.find(&u.stream).await {
@@ -248,6 +251,14 @@ impl Executor {
             // L names the callee (reply: where the caller sends). With swapped tags, mirrored.
             Some((side, s)) => {
                 let caller_speaks = (side == Side::Caller) != lookup;
+                let s = if u.modifiers.new_port {
+                    match self.new_port(&u, s, !caller_speaks).await {
+                        Ok(s) => s,
+                        Err(code) => return Reply::Error(code),
+                    }
+                } else {
+                    s
+                };
                 let (client, destination) = if caller_speaks {
                     (remote, None)
                 } else {
@@ -271,7 +282,7 @@ impl Executor {
                             socket: n.socket.clone(),
                             tag: n.tag.clone(),
                         };
-                        self.notifier.register(s.id.clone(), target);
+                        self.notifier.register(s.id.clone(), s.created_us, target);
                     }
                     port_reply(&s, false)
                 }
@@ -285,36 +296,113 @@ impl Executor {
         u: &UpdateLookup,
         remote: Option<SocketAddr>,
     ) -> Result<SessionSnapshot, ErrorCode> {
-        let local = self.local_ip(u)?;
-        let unknown = if local.is_ipv6() {
+        let ipv6 = u.modifiers.ipv6 || u.remote.is_ipv6();
+        let legs = self
+            .addresses()
+            .new_stream(&u.modifiers, ipv6, route_source)?;
+        // The callee's address is not known before L: "unspecified" of the callee leg's family.
+        let unknown = if legs.connect.is_ipv6() {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
-        let mut options =
-            validate::options(None, &self.cfg.defaults).map_err(|_| ErrorCode::OutOfMemory)?;
-        options.monitor.idle_timeout = Some(self.cfg.ttl);
-        options.latching = if u.modifiers.asymmetric {
-            Latching::Asymmetric
-        } else {
-            Latching::Symmetric
-        };
-        options.client = remote;
         let id = session_id::session_id(&u.stream.call_id, &u.stream.from_tag);
         let spec = SessionSpec {
             id: id.clone(),
             protocol: Protocol::Udp,
-            listen: SocketAddr::new(local, 0),
-            connect: SocketAddr::new(local, 0),
+            listen: SocketAddr::new(legs.listen, 0),
+            connect: SocketAddr::new(legs.connect, 0),
             destination: SocketAddr::new(unknown, 0),
-            options,
+            options: self.options(u.modifiers.asymmetric, remote)?,
         };
+        let s = self.create_spec(spec).await?;
+        self.created.fetch_add(1, Ordering::Relaxed);
+        info!(session = %s.id, listen = %s.listen, connect = %s.connect, "rtpproxy stream created");
+        Ok(s)
+    }
+
+    fn options(
+        &self,
+        asymmetric: bool,
+        client: Option<SocketAddr>,
+    ) -> Result<rtprelay_dataplane::session::SessionOptions, ErrorCode> {
+        let mut options =
+            validate::options(None, &self.cfg.defaults).map_err(|_| ErrorCode::OutOfMemory)?;
+        options.monitor.idle_timeout = Some(self.cfg.ttl);
+        options.latching = if asymmetric {
+            Latching::Asymmetric
+        } else {
+            Latching::Symmetric
+        };
+        options.client = client;
+        Ok(options)
+    }
+
+    /// `n` on an existing stream: the port pair this command announces (the listen side's for
+    /// `listen`, else the connect side's) is replaced by a freshly allocated one, and the old
+    /// pair is closed. The data plane cannot re-bind one side of a live session, so the session
+    /// is destroyed and created again under the same ID, keeping the other side's port, both
+    /// peer addresses (signalled or latched; symmetric streams re-latch on the next packet),
+    /// the references (`w`), the notify target and the copy target (`C`). What restarts:
+    /// packet counters and media statistics, the TTL, and recording (`R` must be sent again;
+    /// the old file is complete). gRPC watchers see the session closed ("destroyed") and
+    /// created again.
+    async fn new_port(
+        &self,
+        u: &UpdateLookup,
+        s: SessionSnapshot,
+        listen: bool,
+    ) -> Result<SessionSnapshot, ErrorCode> {
+        let moved_to = self.addresses().new_port(&u.modifiers, route_source)?;
+        // Read before the destroy: its close event may clear them at any moment after.
+        let holders = self.refs.get(&s.id, s.created_us);
+        let notify = self.notifier.take(&s.id, s.created_us);
+        let old = match self.router.destroy(s.id.clone()).await {
+            Ok(Some(old)) => old,
+            Ok(None) => return Err(ErrorCode::SessionUnknown),
+            Err(_) => return Err(ErrorCode::ShuttingDown),
+        };
+        let fresh = |a: SocketAddr| SocketAddr::new(moved_to.unwrap_or(a.ip()), 0);
+        let (listen_addr, connect_addr) = if listen {
+            (fresh(old.listen), old.connect)
+        } else {
+            (old.listen, fresh(old.connect))
+        };
+        let spec = SessionSpec {
+            id: old.id.clone(),
+            protocol: Protocol::Udp,
+            listen: listen_addr,
+            connect: connect_addr,
+            destination: old.destination,
+            options: self.options(u.modifiers.asymmetric, old.client)?,
+        };
+        let new = self.create_spec(spec).await?;
+        self.refs.set(&new.id, new.created_us, holders);
+        if let Some(target) = notify {
+            self.notifier
+                .register(new.id.clone(), new.created_us, target);
+        }
+        if let Some(target) = old.fork.copy_target
+            && !matches!(
+                self.router.set_copy(new.id.clone(), Some(target)).await,
+                Ok(Ok(()))
+            )
+        {
+            warn!(session = %new.id, %target, "copy could not be resumed after a new port");
+        }
+        let (from, to) = if listen {
+            (old.listen, new.listen)
+        } else {
+            (old.connect, new.connect)
+        };
+        info!(session = %new.id, %from, %to, "rtpproxy stream moved to a new port");
+        Ok(new)
+    }
+
+    async fn create_spec(&self, spec: SessionSpec) -> Result<SessionSnapshot, ErrorCode> {
+        let id = spec.id.clone();
         match self.router.create(spec).await {
-            Ok(Ok(s)) => {
-                self.created.fetch_add(1, Ordering::Relaxed);
-                info!(session = %id, listen = %s.listen, connect = %s.connect, "rtpproxy stream created");
-                Ok(s)
-            }
+            Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
                 warn!(session = %id, error = %e, "rtpproxy create refused");
                 Err(match e {

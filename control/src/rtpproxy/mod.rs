@@ -13,6 +13,7 @@
 //! 5. [`frame::format_reply`] with [`Reply::render`], store it with
 //!    [`cache::ReplyCache::finish`], send it.
 
+pub mod bridge;
 pub mod cache;
 pub mod capabilities;
 pub mod command;

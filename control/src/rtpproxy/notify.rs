@@ -20,11 +20,13 @@ pub struct Target {
     pub tag: Vec<u8>,
 }
 
-/// Pending notifications by session ID.
+/// Pending notifications by session ID, with the session's creation time (µs since the Unix
+/// epoch): a session recreated under the same ID (`n`) must not lose its target to the close
+/// event of its previous incarnation, which may be processed after the new registration.
 #[derive(Debug, Default)]
 pub struct Notifier {
     allow: Vec<String>,
-    pending: Mutex<HashMap<String, Target>>,
+    pending: Mutex<HashMap<String, (u64, Target)>>,
 }
 
 impl Notifier {
@@ -45,15 +47,21 @@ impl Notifier {
         self.allow.iter().any(|a| a == socket)
     }
 
-    /// Remembers that `session` must be notified on timeout.
-    pub fn register(&self, session: String, target: Target) {
+    /// Remembers that `session` (created at `created_us`) must be notified on timeout.
+    pub fn register(&self, session: String, created_us: u64, target: Target) {
         if let Ok(mut p) = self.pending.lock() {
-            p.insert(session, target);
+            p.insert(session, (created_us, target));
         }
     }
 
-    fn take(&self, session: &str) -> Option<Target> {
-        self.pending.lock().ok()?.remove(session)
+    /// The target of the incarnation of `session` created at `created_us`, removed: on its
+    /// close, or before it is destroyed to be created again (`n`), to be registered anew.
+    pub fn take(&self, session: &str, created_us: u64) -> Option<Target> {
+        let mut p = self.pending.lock().ok()?;
+        if p.get(session)?.0 != created_us {
+            return None;
+        }
+        p.remove(session).map(|(_, t)| t)
     }
 
     /// Follows session events: a session closed for "timeout" notifies its target; any other
@@ -75,7 +83,8 @@ impl Notifier {
             let Some(v1::session_event::Kind::Closed(closed)) = &event.kind else {
                 continue;
             };
-            let Some(target) = self.take(&event.session_id) else {
+            let created = closed.session.as_ref().map_or(0, |s| s.created_unix_us);
+            let Some(target) = self.take(&event.session_id, created) else {
                 continue;
             };
             if closed.reason == "timeout" {
@@ -120,4 +129,27 @@ async fn send(target: &Target) -> std::io::Result<()> {
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "notify socket did not answer")
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            socket: "tcp:127.0.0.1:1".into(),
+            tag: b"t".to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_recreated_session_keeps_its_target_past_the_old_close() {
+        let n = Notifier::new(vec!["tcp:127.0.0.1:1".into()]);
+        n.register("s".into(), 10, target());
+        let t = n.take("s", 10).expect("registered");
+        n.register("s".into(), 20, t);
+        assert_eq!(n.take("s", 10), None, "the old incarnation's close");
+        assert_eq!(n.take("s", 20), Some(target()));
+        assert_eq!(n.take("s", 20), None);
+    }
 }

@@ -142,10 +142,11 @@ impl RefTable {
         self.update(id, created_us, |h| h.release(index, weak))
     }
 
-    /// The stream was recreated under the same ID (`n`): its holders carry over.
-    pub fn recreated(&self, id: &str, old_created_us: u64, new_created_us: u64) {
-        let holders = self.get(id, old_created_us);
-        self.with(|m| m.insert(id.to_owned(), (new_created_us, holders)));
+    /// Sets the holders of a stream recreated under the same ID (`n`), read with
+    /// [`RefTable::get`] before the old one was destroyed: its close event may be handled
+    /// before or after this.
+    pub fn set(&self, id: &str, created_us: u64, holders: Holders) {
+        self.with(|m| m.insert(id.to_owned(), (created_us, holders)));
     }
 
     /// The relay closed the stream: its entry goes, unless it already belongs to a newer one.
@@ -240,7 +241,9 @@ mod tests {
         // Closing an older incarnation leaves the entry alone.
         t.forget("s", 9);
         assert_eq!(t.len(), 1);
-        t.recreated("s", 10, 12);
+        let h = t.get("s", 10);
+        t.forget("s", 10);
+        t.set("s", 12, h);
         assert_eq!(t.get("s", 12), Holders::created(true));
         t.forget("s", 10);
         assert_eq!(
