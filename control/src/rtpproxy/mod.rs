@@ -12,6 +12,10 @@
 //! 4. execute, using [`session_id`] to name relay sessions, into a [`Reply`];
 //! 5. [`frame::format_reply`] with [`Reply::render`], store it with
 //!    [`cache::ReplyCache::finish`], send it.
+//!
+//! The pure parts of execution live beside the executor: [`bridge`] picks the local address
+//! of each leg (`l`, `r`, `i`/`e`), [`refs`] keeps the weak/strong references of `w`, and
+//! [`query`] turns a session snapshot into `Q` answers.
 
 pub mod bridge;
 pub mod cache;
