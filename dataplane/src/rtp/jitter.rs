@@ -75,15 +75,15 @@ impl Jitter {
 
     /// The highest estimate so far, in milliseconds.
     pub fn max_ms(&self) -> Option<f64> {
-        self.to_ms(self.max_units)
+        self.units_ms(self.max_units)
     }
 
     /// The mean of the estimate over all samples, in milliseconds.
     pub fn mean_ms(&self) -> Option<f64> {
-        self.to_ms(self.mean_units)
+        self.units_ms(self.mean_units)
     }
 
-    fn to_ms(&self, units: f32) -> Option<f64> {
+    fn units_ms(&self, units: f32) -> Option<f64> {
         (self.samples > 0 && self.clock > 0).then(|| f64::from(units) * 1e3 / f64::from(self.clock))
     }
 
