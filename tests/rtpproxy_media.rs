@@ -317,3 +317,97 @@ async fn n_closes_the_recording_while_the_call_goes_on() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcp_is_copied_to_port_plus_one_and_recorded() {
+    let dir = std::env::temp_dir().join(format!("rtprelay-rec-rtcp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ctl_port = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl_port}");
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let (_relay, _grpc) =
+        Relay::start(1, &["--rtpproxy-listen", &listen, "--record-dir", &dir_arg]).await;
+    let c = Controller::on_port(ctl_port);
+    let (caller, caller_rtcp) = udp_pair(free_udp_port());
+    let (callee, callee_rtcp) = udp_pair(free_udp_port());
+    let (tap, tap_rtcp) = udp_pair(free_udp_port());
+    let call = "rtcp-fork@test";
+    let caller_port = caller.local_addr().unwrap().port();
+    let callee_port = callee.local_addr().unwrap().port();
+    let to_callee = port_of(&c.ask("u", &format!("U {call} 127.0.0.1 {caller_port} ftag;1")));
+    let to_caller = port_of(&c.ask(
+        "l",
+        &format!("L {call} 127.0.0.1 {callee_port} ftag;1 ttag;1"),
+    ));
+    let tap_addr = tap.local_addr().unwrap();
+    assert_eq!(
+        c.ask("c", &format!("Cs {call} udp:{tap_addr} ftag;1 ttag;1")),
+        "0"
+    );
+    assert_eq!(c.ask("r", &format!("Rs {call} ftag;1 ttag;1")), "0");
+
+    let mut buf = [0u8; 2048];
+    let mut relay = |from: &UdpSocket, port: u16, to: &UdpSocket, data: &[u8]| {
+        from.send_to(data, ("127.0.0.1", port)).unwrap();
+        let (n, _) = to.recv_from(&mut buf).expect("relayed");
+        assert_eq!(&buf[..n], data);
+    };
+    let (fwd_rtp, rev_rtp) = (rtp(0, 1, 0, 1, 20), rtp(0, 1, 0, 2, 20));
+    let (fwd_sr, rev_sr) = (rtcp_sr(1, 1 << 32), rtcp_sr(2, 2 << 32));
+    relay(&caller, to_caller, &callee, &fwd_rtp);
+    relay(&caller_rtcp, to_caller + 1, &callee_rtcp, &fwd_sr);
+    relay(&callee, to_callee, &caller, &rev_rtp);
+    relay(&callee_rtcp, to_callee + 1, &caller_rtcp, &rev_sr);
+
+    // RTP copies reach the target, RTCP copies its port + 1, each from the matching socket.
+    let mut copies = |sock: &UdpSocket, n: usize| {
+        (0..n)
+            .map(|_| {
+                let (len, from) = sock.recv_from(&mut buf).expect("a copy");
+                (buf[..len].to_vec(), from.port())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        copies(&tap, 2),
+        vec![(fwd_rtp.clone(), to_callee), (rev_rtp.clone(), to_callee)]
+    );
+    assert_eq!(
+        copies(&tap_rtcp, 2),
+        vec![
+            (fwd_sr.clone(), to_callee + 1),
+            (rev_sr.clone(), to_callee + 1)
+        ]
+    );
+    assert_eq!(c.ask("d", &format!("D {call} ftag ttag")), "0");
+
+    // One recording with all four packets, RTCP on the RTCP ports.
+    let files = pcaps_in(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let (_, r) = read_pcap(&files[0]);
+        if r.len() >= 4 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let seen: Vec<(u16, u16, Vec<u8>)> = records
+        .iter()
+        .map(|r| {
+            let port = |at: usize| u16::from_be_bytes([r[at], r[at + 1]]);
+            (port(20), port(22), r[28..].to_vec())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (caller_port, to_caller, fwd_rtp),
+            (caller_port + 1, to_caller + 1, fwd_sr),
+            (callee_port, to_callee, rev_rtp),
+            (callee_port + 1, to_callee + 1, rev_sr),
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -119,14 +119,15 @@ pub enum Command {
         destination: Option<std::net::SocketAddr>,
         reply: Reply<Option<SessionSnapshot>>,
     },
-    /// Also send every relayed RTP packet of `id` (both directions) to `target`, from the
-    /// session's connect-side RTP socket; `None` stops copying.
+    /// Also send every relayed packet of `id` (both directions) to `target`: RTP from the
+    /// session's connect-side RTP socket, RTCP to `target`'s port + 1 from its RTCP socket;
+    /// `None` stops copying.
     SetCopy {
         id: String,
         target: Option<std::net::SocketAddr>,
         reply: Reply<Result<(), ForkError>>,
     },
-    /// Record every relayed RTP packet of `id` (both directions) into `file`; `None` stops
+    /// Record every relayed RTP and RTCP packet of `id` (both directions) into `file`; `None` stops
     /// recording and closes the file. Starting while already recording keeps the first file.
     SetRecord {
         id: String,

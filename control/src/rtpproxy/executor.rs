@@ -107,8 +107,9 @@ impl Executor {
         }
     }
 
-    /// `C`: every RTP packet the stream relays (both directions) is also sent to `target`.
-    /// `C[s]` changes nothing: there is one target per session either way.
+    /// `C`: every packet the stream relays (both directions) is also sent to `target`, RTCP to
+    /// its port + 1 as rtpproxy does. `C[s]` changes nothing, as in rtpproxy, whose `s` only
+    /// matters for local files.
     async fn copy(&self, stream: &StreamRef, target: &str) -> Reply {
         let Some(target) = copy_target(target) else {
             warn!(target, "C target is not udp:IP:PORT; refused");
@@ -132,7 +133,9 @@ impl Executor {
         }
     }
 
-    /// `R`: records the stream's RTP (both directions, one file) into `record_dir`.
+    /// `R`: records the stream's RTP and RTCP (both directions) into one pcap file in
+    /// `record_dir`: rtpproxy's single-file pcap recording (`Rs`). `R` without `s` does the
+    /// same; rtpproxy would write separate RTP and RTCP files per direction instead.
     async fn record(&self, stream: &StreamRef) -> Reply {
         let Some(dir) = &self.cfg.record_dir else {
             warn!("R refused: recording disabled ([rtpproxy] record_dir is empty)");

@@ -119,12 +119,12 @@ pub struct SessionSnapshot {
 /// Where a session's RTP is copied or recorded, and how that went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ForkSnapshot {
-    /// The UDP target every relayed RTP packet is also sent to, if any.
+    /// The UDP target every relayed RTP packet is also sent to (RTCP: its port + 1), if any.
     pub copy_target: Option<SocketAddr>,
     pub copies_sent: u64,
     /// Copies the kernel refused (e.g. ICMP-unreachable target, full socket buffer).
     pub copies_failed: u64,
-    /// Whether RTP is being written into a pcap file.
+    /// Whether RTP and RTCP are being written into a pcap file.
     pub recording: bool,
     /// Packets handed to the pcap writer.
     pub records_queued: u64,

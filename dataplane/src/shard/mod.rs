@@ -11,6 +11,7 @@
 //! of one executor at once and neither holds the borrow across an await, so no lock exists.
 
 mod batch;
+mod fork;
 mod table;
 
 use std::cell::RefCell;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use socket2::Socket;
 use tracing::{debug, info, warn};
 
+use super::fork::{fork_copy, fork_local};
 use crate::command::{
     CreateError, EndpointField, ForkError, ListPage, ListQuery, RecordFile, Reply,
 };
@@ -912,25 +913,16 @@ impl PacketHandler for SessionTable {
         };
         match relay.on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us) {
             Verdict::Send { via, to } => {
-                let mut copy = None;
-                if !leg.is_rtcp() {
-                    let fork = &mut entry.fork;
-                    copy = fork
-                        .copy_target
-                        .map(|target| (tokens[Leg::OutRtp as usize], target));
-                    if let Some(key) = fork.recording
-                        && let Some(recorder) = self.recorder.as_mut()
-                    {
-                        let local = if leg == Leg::ListenRtp {
-                            entry.listen
-                        } else {
-                            entry.connect
-                        };
-                        if recorder.record(key, p.arrival_us, p.from, local, p.payload) {
-                            fork.records_queued += 1;
-                        } else {
-                            fork.records_dropped += 1;
-                        }
+                let fork = &mut entry.fork;
+                let copy = fork.copy_target.and_then(|t| fork_copy(leg, t, tokens));
+                if let Some(key) = fork.recording
+                    && let Some(recorder) = self.recorder.as_mut()
+                {
+                    let local = fork_local(leg, entry.listen, entry.connect);
+                    if recorder.record(key, p.arrival_us, p.from, local, p.payload) {
+                        fork.records_queued += 1;
+                    } else {
+                        fork.records_dropped += 1;
                     }
                 }
                 Action::Send {
