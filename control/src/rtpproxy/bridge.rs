@@ -17,6 +17,10 @@
 //! family). Without them, `i` answers E12 and `e` E11, as rtpproxy answers when it has no
 //! external interface. `l`/`r` override all of this and bind both legs to their address.
 //!
+//! The first letter's network must be of the stream's address family (the sender's address is
+//! in the command), else E36; the second may be of either, so IPv4 and IPv6 networks can be
+//! bridged.
+//!
 //! Ports are allocated when a stream is created, both legs at once; `i`/`e` on a later `U` or
 //! `L` change nothing, except with `n` and both letters: the re-allocated port then moves to
 //! the second letter's network, as in rtpproxy.
@@ -110,10 +114,18 @@ impl LocalAddresses {
             });
         }
         match (self.bridge, mods.bridge) {
-            (Some(b), Some(Bridge { first, second })) => Ok(Legs {
-                listen: self.interface(b, first),
-                connect: self.interface(b, second.unwrap_or(Interface::Internal)),
-            }),
+            (Some(b), Some(Bridge { first, second })) => {
+                let legs = Legs {
+                    listen: self.interface(b, first),
+                    connect: self.interface(b, second.unwrap_or(Interface::Internal)),
+                };
+                // The sender's leg must speak the family of the address it signalled; the
+                // other leg may be of either (bridging IPv4 and IPv6 networks).
+                if legs.listen.is_ipv6() != ipv6 {
+                    return Err(ErrorCode::NoAddressForFamily);
+                }
+                Ok(legs)
+            }
             (Some(b), None) if b.internal.is_ipv6() == ipv6 => Ok(Legs {
                 listen: b.internal,
                 connect: b.internal,
@@ -221,6 +233,7 @@ mod tests {
             Ok(("10.9.9.9".into(), "10.9.9.9".into()))
         );
         assert_eq!(legs(false, "ie", false), Err(ErrorCode::BadInternalBridge));
+        assert_eq!(legs(true, "6ie", true), Err(ErrorCode::NoAddressForFamily));
         assert_eq!(legs(false, "e", false), Err(ErrorCode::BadExternalBridge));
         assert_eq!(legs(false, "ae", false), Err(ErrorCode::BadExternalBridge));
         let no_v6 = LocalAddresses {

@@ -59,7 +59,8 @@ pub struct Modifiers {
     /// `a` (true) / `s` (false), last one wins: send to the signalled address instead of
     /// latching onto the first packet's source.
     pub asymmetric: bool,
-    /// `w`: a weak reference; the stream survives until its strong owner deletes it.
+    /// `w`: a weak reference for this command's side; the stream lives while any strong or
+    /// weak reference is left (see [`super::refs`]).
     pub weak: bool,
     /// `i` / `e`: bridge between the internal and external interfaces.
     pub bridge: Option<Bridge>,
