@@ -124,6 +124,11 @@ struct Args {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Print `@@loadgen send_start` / `@@loadgen send_end` on stderr when sending starts and
+    /// ends (after session set-up and priming), so an orchestrator (scripts/bench-all) can
+    /// sample the relay's CPU time over exactly the sending window.
+    #[arg(long)]
+    markers: bool,
 
     /// Local address of the blaster's sockets in `--grpc` mode.
     #[arg(long, default_value = "127.0.0.1")]
@@ -272,6 +277,7 @@ fn main() -> Result<()> {
         drain: Duration::from_millis(args.drain_ms),
         prime_timeout: Duration::from_millis(args.prime_timeout_ms),
         progress: !args.quiet,
+        markers: args.markers,
     };
     let criteria = Criteria {
         max_loss_pct: args.max_loss_pct,

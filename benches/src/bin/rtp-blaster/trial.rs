@@ -58,6 +58,9 @@ pub struct Settings<'a> {
     pub drain: Duration,
     pub prime_timeout: Duration,
     pub progress: bool,
+    /// Print the send start/end markers on stderr, for an orchestrator sampling the relay's
+    /// CPU time exactly over the sending window.
+    pub markers: bool,
 }
 
 /// Everything a trial measured, before any summarising.
@@ -198,7 +201,7 @@ pub fn run(
         duration: Duration::from_secs_f64(seconds),
         size: settings.size,
         core: settings.core,
-        markers: false,
+        markers: settings.markers,
     };
     let live = LiveCounters::default();
     let stop_rx = AtomicBool::new(false);
