@@ -7,7 +7,10 @@
 //!
 //! Flow `i` listens on `listen:(base + 2i)` and sends everything it receives from its outbound
 //! socket bound to `connect:(base + 2N + 2i)` to `dest_ip:(dest_base + 2i)` (or line `i` of
-//! `--dest-file`). Runs until SIGINT/SIGTERM or `--seconds`; prints its counters to stderr.
+//! `--dest-file`). With `--sources-file` (line `i`: flow `i`'s source) it is symmetric, like an
+//! RTP relay carrying both directions of a call: the inbound socket is connected to the source
+//! too, and what the destination sends back to the outbound socket leaves from the inbound one.
+//! Runs until SIGINT/SIGTERM or `--seconds`; prints its counters to stderr.
 
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +43,10 @@ struct Args {
     /// File with one IP:PORT destination per line, line i for flow i.
     #[arg(long)]
     dest_file: Option<std::path::PathBuf>,
+    /// File with one IP:PORT source per line, line i for flow i: relay both directions
+    /// (replies to the outbound socket leave from the inbound socket to this source).
+    #[arg(long)]
+    sources_file: Option<std::path::PathBuf>,
     /// Stop after this many seconds (0 = until SIGINT/SIGTERM).
     #[arg(long, default_value_t = 0)]
     seconds: u64,
@@ -74,13 +81,23 @@ fn main() -> Result<()> {
     if let Some(core) = args.core {
         sys::pin_to_core(core)?;
     }
-    let dests = destinations(&args)?;
-    let flows = open_flows(&args, &dests)?;
+    let dests = destinations(args.dest_file.as_deref(), args.dest, args.flows)?;
+    let sources = match &args.sources_file {
+        Some(path) => Some(read_addrs(path, args.flows)?),
+        None => None,
+    };
+    let flows = open_flows(&args, &dests, sources.as_deref())?;
     let epoll = Epoll::new().context("epoll_create1")?;
+    // Token 2i: flow i's inbound socket (forward); 2i + 1: its outbound socket (replies).
     for (i, flow) in flows.iter().enumerate() {
         epoll
-            .add(flow.inbound.as_raw_fd(), i as u64)
+            .add(flow.inbound.as_raw_fd(), 2 * i as u64)
             .context("epoll_ctl")?;
+        if sources.is_some() {
+            epoll
+                .add(flow.outbound.as_raw_fd(), 2 * i as u64 + 1)
+                .context("epoll_ctl")?;
+        }
     }
 
     let mut out = std::io::stdout().lock();
@@ -109,14 +126,22 @@ fn forward(flows: &[Flow], epoll: &Epoll, deadline: Option<Instant>) -> Result<C
     while !sys::stop_requested() && deadline.is_none_or(|d| Instant::now() < d) {
         let n = epoll.wait(&mut events, 100).context("epoll_wait")?;
         for ev in &events[..n] {
-            let Some(flow) = flows.get(sys::event_token(ev) as usize) else {
+            let token = sys::event_token(ev);
+            let Some(flow) = flows.get((token / 2) as usize) else {
                 continue;
             };
-            let (inbound, outbound) = (flow.inbound.as_raw_fd(), flow.outbound.as_raw_fd());
+            let (inbound, outbound) = if token % 2 == 0 {
+                (flow.inbound.as_raw_fd(), flow.outbound.as_raw_fd())
+            } else {
+                (flow.outbound.as_raw_fd(), flow.inbound.as_raw_fd())
+            };
             for _ in 0..MAX_BATCHES_PER_WAKEUP {
                 let got = match batch.recv(inbound) {
                     Ok(got) => got,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    // A connected socket reports an earlier ICMP port unreachable (a source
+                    // that went away between trials) once; the next receive goes on.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                     Err(e) => return Err(e).context("recvmmsg"),
                 };
                 c.received += got as u64;
@@ -150,46 +175,59 @@ fn forward(flows: &[Flow], epoll: &Epoll, deadline: Option<Instant>) -> Result<C
     Ok(c)
 }
 
-fn destinations(args: &Args) -> Result<Vec<SocketAddr>> {
-    if let Some(path) = &args.dest_file {
-        let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-        let mut dests = Vec::with_capacity(args.flows);
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line?;
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            dests.push(
-                line.parse()
-                    .with_context(|| format!("bad destination {line:?}"))?,
-            );
-        }
-        if dests.len() < args.flows {
-            bail!(
-                "{} lists {} destinations for {} flows",
-                path.display(),
-                dests.len(),
-                args.flows
-            );
-        }
-        dests.truncate(args.flows);
-        return Ok(dests);
+fn destinations(
+    dest_file: Option<&std::path::Path>,
+    dest: Option<SocketAddr>,
+    flows: usize,
+) -> Result<Vec<SocketAddr>> {
+    if let Some(path) = dest_file {
+        return read_addrs(path, flows);
     }
-    let Some(dest) = args.dest else {
+    let Some(dest) = dest else {
         bail!("one of --dest or --dest-file is required")
     };
-    (0..args.flows)
+    (0..flows)
         .map(|i| {
             Ok(SocketAddr::new(
                 dest.ip(),
-                port_at(dest.port(), i, 0, args.flows)?,
+                port_at(dest.port(), i, 0, flows)?,
             ))
         })
         .collect()
 }
 
-fn open_flows(args: &Args, dests: &[SocketAddr]) -> Result<Vec<Flow>> {
+/// The first `flows` addresses of a file with one IP:PORT per line (`#` comments allowed).
+fn read_addrs(path: &std::path::Path, flows: usize) -> Result<Vec<SocketAddr>> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut addrs = Vec::with_capacity(flows);
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        addrs.push(
+            line.parse()
+                .with_context(|| format!("bad address {line:?} in {}", path.display()))?,
+        );
+    }
+    if addrs.len() < flows {
+        bail!(
+            "{} lists {} addresses for {} flows",
+            path.display(),
+            addrs.len(),
+            flows
+        );
+    }
+    addrs.truncate(flows);
+    Ok(addrs)
+}
+
+fn open_flows(
+    args: &Args,
+    dests: &[SocketAddr],
+    sources: Option<&[SocketAddr]>,
+) -> Result<Vec<Flow>> {
     if args.flows == 0 {
         bail!("--flows must be at least 1");
     }
@@ -205,6 +243,11 @@ fn open_flows(args: &Args, dests: &[SocketAddr]) -> Result<Vec<Flow>> {
             outbound
                 .connect(&(*dest).into())
                 .with_context(|| format!("connect {dest}"))?;
+            if let Some(src) = sources.and_then(|s| s.get(i)) {
+                inbound
+                    .connect(&(*src).into())
+                    .with_context(|| format!("connect {src}"))?;
+            }
             Ok(Flow { inbound, outbound })
         })
         .collect()
