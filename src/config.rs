@@ -129,6 +129,7 @@ pub struct Media {
     pub dscp: u8,
     pub allow_nonlocal: bool,
     pub socket_rcvbuf: usize,
+    pub max_packet_age_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -379,6 +380,9 @@ impl Config {
                 d.batch_max_wait_us,
                 d.batch_min_wait_us
             );
+        }
+        if self.media.max_packet_age_ms > 60_000 {
+            bail!("media.max_packet_age_ms must be at most 60000 (0 = no limit)");
         }
         if d.linger_ms > 1_000 {
             bail!("dataplane.linger_ms must be at most 1000");

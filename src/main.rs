@@ -94,6 +94,7 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
         sq_entries: d.sq_entries,
         buffers: d.buffers_per_shard,
         max_sockets,
+        max_packet_age: Duration::from_millis(config.media.max_packet_age_ms),
         task_run: match d.task_run {
             config::TaskRun::Immediate => TaskRun::Immediate,
             config::TaskRun::Coop => TaskRun::Coop,

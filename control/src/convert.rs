@@ -34,6 +34,7 @@ fn counters(c: &PacketCounters) -> v1::PacketCounters {
         send_error,
         truncated,
         not_rtp,
+        late,
     } = c.dropped;
     v1::PacketCounters {
         packets_received: c.packets_received,
@@ -47,6 +48,7 @@ fn counters(c: &PacketCounters) -> v1::PacketCounters {
             truncated,
             not_rtp,
             no_destination,
+            late,
         }),
     }
 }

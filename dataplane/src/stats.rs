@@ -19,6 +19,8 @@ pub enum DropReason {
     Truncated,
     /// Not valid RTP/RTCP, and the session drops such packets.
     NotRtp,
+    /// Queued in the kernel longer than the relay's maximum packet age (overload).
+    Late,
 }
 
 /// Dropped packets by reason.
@@ -30,6 +32,7 @@ pub struct DropCounters {
     pub send_error: u64,
     pub truncated: u64,
     pub not_rtp: u64,
+    pub late: u64,
 }
 
 impl DropCounters {
@@ -40,6 +43,7 @@ impl DropCounters {
             + self.send_error
             + self.truncated
             + self.not_rtp
+            + self.late
     }
 
     fn count(&mut self, reason: DropReason) {
@@ -50,6 +54,7 @@ impl DropCounters {
             DropReason::SendError => &mut self.send_error,
             DropReason::Truncated => &mut self.truncated,
             DropReason::NotRtp => &mut self.not_rtp,
+            DropReason::Late => &mut self.late,
         };
         *slot += 1;
     }

@@ -59,6 +59,8 @@ pub struct Received<'a> {
     pub truncated: bool,
     /// Kernel receive timestamp, microseconds since the Unix epoch.
     pub arrival_us: u64,
+    /// It waited in the kernel longer than the configured maximum packet age.
+    pub late: bool,
 }
 
 /// The shard's side of the I/O loop: decides per packet and accounts for the results.

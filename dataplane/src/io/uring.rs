@@ -45,6 +45,10 @@ pub struct UringConfig {
     pub max_sockets: u32,
     /// When the kernel runs receive completion work (see [`TaskRun`]).
     pub task_run: TaskRun,
+    /// Packets that waited longer than this in the kernel (the shard was overloaded) are
+    /// dropped instead of sent: late media is useless to a phone, and skipping the send lets the
+    /// shard catch up instead of carrying seconds of backlog. Zero = never.
+    pub max_packet_age: Duration,
 }
 
 /// When the kernel runs the completion work of arriving packets (copying them into a buffer
@@ -70,6 +74,7 @@ impl Default for UringConfig {
             buffers: 4096,
             max_sockets: 65536,
             task_run: TaskRun::default(),
+            max_packet_age: Duration::from_millis(200),
         }
     }
 }
@@ -144,6 +149,8 @@ struct Shared {
     sends: Box<[SendSlot]>,
     sockets: Vec<RecvState>,
     rearm: Vec<Token>,
+    /// [`UringConfig::max_packet_age`] in microseconds (0 = no limit).
+    max_age_us: u64,
 }
 
 /// A send to queue: from socket `via`, buffer `bid` (already filled into its send slot), and
@@ -227,6 +234,7 @@ impl UringIo {
                 sends,
                 sockets: vec![RecvState::Idle; cfg.max_sockets as usize],
                 rearm: Vec::new(),
+                max_age_us: cfg.max_packet_age.as_micros() as u64,
             },
             released: Vec::new(),
             efd,
@@ -570,6 +578,8 @@ impl Shared {
             payload,
             truncated: msg.is_payload_truncated(),
             arrival_us,
+            // `fallback_us` is when this pass started: the packet waited at least this long.
+            late: self.max_age_us != 0 && fallback_us.saturating_sub(arrival_us) > self.max_age_us,
         };
         let Action::Send { via, to, tag, copy } = handler.on_packet(packet) else {
             return None;

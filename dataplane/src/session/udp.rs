@@ -180,6 +180,21 @@ impl UdpRelay {
         verdict
     }
 
+    /// Turns a packet [`UdpRelay::on_receive`] wanted sent into a drop because it waited too
+    /// long in the kernel before the shard got to it; it was received, counted and looked at.
+    pub fn drop_late(&mut self, leg: Leg) {
+        let stats = match leg {
+            Leg::ListenRtp | Leg::ListenRtcp => &mut self.forward,
+            Leg::OutRtp | Leg::OutRtcp => &mut self.reverse,
+        };
+        let counters = if leg.is_rtcp() {
+            &mut stats.rtcp
+        } else {
+            &mut stats.rtp
+        };
+        counters.dropped(DropReason::Late);
+    }
+
     fn route(&mut self, leg: Leg, from: SocketAddr) -> Verdict {
         let rtcp = leg.is_rtcp();
         let policy = self.latching;
@@ -340,6 +355,31 @@ mod tests {
         assert_eq!(r.forward.rtp.packets_received, 2);
         assert_eq!(r.forward.rtp.bytes_received, 182);
         assert_eq!(r.forward.last_activity_us, 8);
+    }
+
+    #[test]
+    fn a_late_packet_counts_as_received_and_dropped_late() {
+        let mut r = UdpRelay::new(addr(DEST));
+        let v = r.on_receive(
+            Leg::ListenRtp,
+            addr("192.0.2.1:5000"),
+            &[0u8; 172],
+            false,
+            1,
+        );
+        assert!(matches!(v, Verdict::Send { .. }));
+        r.drop_late(Leg::ListenRtp);
+        let c = r.forward.rtp;
+        assert_eq!(
+            (c.packets_received, c.dropped.late, c.dropped.total()),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            r.forward.rtcp.dropped.total(),
+            0,
+            "only the packet's own stream"
+        );
+        assert_eq!(r.reverse.rtp.dropped.total(), 0);
     }
 
     #[test]

@@ -912,6 +912,10 @@ impl PacketHandler for SessionTable {
             return Action::Drop;
         };
         match relay.on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us) {
+            Verdict::Send { .. } if p.late => {
+                relay.drop_late(leg);
+                Action::Drop
+            }
             Verdict::Send { via, to } => {
                 let fork = &mut entry.fork;
                 let copy = fork.copy_target.and_then(|t| fork_copy(leg, t, tokens));

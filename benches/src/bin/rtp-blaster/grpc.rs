@@ -183,6 +183,7 @@ impl DirCounters {
                     ("truncated", x.truncated),
                     ("not_rtp", x.not_rtp),
                     ("no_destination", x.no_destination),
+                    ("late", x.late),
                 ] {
                     *self.dropped.entry(name).or_default() += v;
                 }
