@@ -343,8 +343,11 @@ async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
 /// eventfd was seen to go missing in that mode (a socket's packets then waited in its queue
 /// until something else woke the shard; tests/faults.rs, ICMP errors on the outbound socket):
 /// the kernel signals the eventfd only when deferred work goes from none to some. Looking again
-/// after this long bounds the delay such a loss can cause, at 100 idle wake-ups per second.
+/// after this long bounds the delay such a loss can cause. Misses follow activity, so each check
+/// that finds nothing doubles the next interval up to [`DEFER_SLEEP_CHECK_MAX`]: an idle shard
+/// wakes about once a second.
 const DEFER_SLEEP_CHECK: Duration = Duration::from_millis(10);
+const DEFER_SLEEP_CHECK_MAX: Duration = Duration::from_secs(1);
 
 /// Longest single wait on the ring while lingering: how late glommio's timers and other tasks can
 /// run while the media task waits on its ring instead of through the executor.
@@ -362,6 +365,7 @@ async fn media_loop(
     let mut gate = BatchGate::new(batch.min_rate_pps, mono_us());
     let mut last_packet_us = 0;
     let (mut check_after_sleep, mut missed_wakeups) = (false, 0u64);
+    let mut next_check = sleep_check;
     loop {
         let (pass, done) = {
             let mut s = shard.borrow_mut();
@@ -378,6 +382,11 @@ async fn media_loop(
         let now_us = mono_us();
         if pass.packets > 0 {
             last_packet_us = now_us;
+        }
+        if pass.completions > 0 {
+            next_check = sleep_check;
+        } else if check_after_sleep {
+            next_check = next_check.map(|d| (d * 2).min(DEFER_SLEEP_CHECK_MAX));
         }
         if std::mem::take(&mut check_after_sleep) && pass.completions > 0 {
             missed_wakeups += 1;
@@ -424,7 +433,7 @@ async fn media_loop(
         });
         if sleep {
             let read = wake.read_at(0, 8);
-            let woken = match sleep_check {
+            let woken = match next_check {
                 Some(limit) => glommio::timer::timeout(limit, read).await,
                 None => read.await,
             };
