@@ -326,16 +326,26 @@ fn handle(shard: &Rc<RefCell<Shard>>, cmd: Command) {
     }
 }
 
+/// Shares of the sessions supervised one after the other in a tick. Supervising 1000 sessions
+/// takes ~0.5 ms of the shard's time; in one piece that delays every packet arriving meanwhile,
+/// a latency spike every tick. Between shares the media task gets its turn.
+const TICK_PARTS: usize = 16;
+
 /// The shard's clock: statistics, alerts and idle timeouts, every `tick`.
 async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
     loop {
         glommio::timer::sleep(tick).await;
-        let mut s = shard.borrow_mut();
-        let Shard { io, table } = &mut *s;
-        if table.stopping {
-            return;
+        for part in 0..TICK_PARTS {
+            {
+                let mut s = shard.borrow_mut();
+                let Shard { io, table } = &mut *s;
+                if table.stopping {
+                    return;
+                }
+                table.tick_part(io, unix_now_us(), part, TICK_PARTS);
+            }
+            glommio::executor().yield_now().await;
         }
-        table.tick(io, unix_now_us());
     }
 }
 

@@ -447,10 +447,13 @@ impl SessionTable {
         ListPage { sessions, total }
     }
 
-    /// Supervises every open session at `now_us`: periodic statistics, alerts, idle timeouts.
-    pub fn tick(&mut self, io: &mut dyn MediaIo, now_us: u64) {
+    /// Supervises the open sessions of share `part` of `parts` (slots `part`, `part + parts`,
+    /// ...) at `now_us`: periodic statistics, alerts, idle timeouts. In shares, so the media
+    /// path can run between them instead of waiting for all sessions at once.
+    pub fn tick_part(&mut self, io: &mut dyn MediaIo, now_us: u64, part: usize, parts: usize) {
         let mut due = std::mem::take(&mut self.due);
-        for slot in 0..self.sessions.len() as u32 {
+        for slot in (part..self.sessions.len()).step_by(parts.max(1)) {
+            let slot = slot as u32;
             let Some(entry) = self.sessions[slot as usize].as_mut() else {
                 continue;
             };
