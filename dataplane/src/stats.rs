@@ -98,12 +98,20 @@ pub struct DirectionStats {
 }
 
 /// Time packets spent inside the relay in one direction: from the kernel's receive timestamp to
-/// the completion of their send. Kept as an HDR histogram with one significant digit (about 3%
-/// resolution), allocated on the first relayed packet, so an idle session costs nothing and a
-/// busy one about 1.4 KiB.
+/// the completion of their send, as a log-linear histogram with hdrhistogram's bucketing at one
+/// significant digit (values below 32 us exact, then 16 buckets per power of two: about 3%
+/// resolution, up to [`RESIDENCE_MAX_US`]).
+///
+/// Only the buckets between the lowest and the highest value seen are stored, grown on demand:
+/// residence times of a session cluster within a few octaves, so a busy session holds about
+/// 100-250 counters (0.4-1 KiB) where a full histogram takes 1.4 KiB, and an idle one nothing.
 #[derive(Debug, Default, Clone)]
 pub struct Residence {
-    hist: Option<Box<hdrhistogram::Histogram<u32>>>,
+    /// Counters of buckets `lo..lo + counts.len()`; empty until the first record.
+    counts: Box<[u32]>,
+    lo: u16,
+    count: u64,
+    max_us: u64,
 }
 
 /// Percentiles of a [`Residence`] in microseconds; all 0 when nothing was relayed.
@@ -119,30 +127,90 @@ pub struct ResidenceSummary {
 /// Longest residence tracked exactly; longer ones count as this (10 s).
 const RESIDENCE_MAX_US: u64 = 10_000_000;
 
+/// Values below this are their own bucket.
+const LINEAR: u64 = 32;
+/// The window grows in steps of this many buckets, so a slowly widening range reallocates
+/// rarely.
+const GROW: usize = 8;
+
+/// The bucket of `us` (1..=RESIDENCE_MAX_US).
+fn bucket(us: u64) -> usize {
+    if us < LINEAR {
+        return us as usize;
+    }
+    let exp = 63 - us.leading_zeros() as usize; // 5.. for us >= 32
+    16 * (exp - 3) + ((us >> (exp - 4)) as usize - 16)
+}
+
+/// The highest value that falls into bucket `b`, as hdrhistogram reports percentiles.
+fn bucket_high(b: usize) -> u64 {
+    if b < LINEAR as usize {
+        return b as u64;
+    }
+    let exp = b / 16 + 3;
+    let low = ((b % 16 + 16) as u64) << (exp - 4);
+    low + (1 << (exp - 4)) - 1
+}
+
 impl Residence {
+    #[inline]
     pub fn record(&mut self, us: u64) {
-        if self.hist.is_none() {
-            // Bounds are constants that hdrhistogram accepts; failure is impossible, and if it
-            // ever happened the relay would only lose this statistic.
-            self.hist = hdrhistogram::Histogram::new_with_bounds(1, RESIDENCE_MAX_US, 1)
-                .ok()
-                .map(Box::new);
+        let us = us.clamp(1, RESIDENCE_MAX_US);
+        let b = bucket(us);
+        let lo = usize::from(self.lo);
+        if b < lo || b >= lo + self.counts.len() {
+            self.grow(b);
         }
-        if let Some(h) = self.hist.as_mut() {
-            h.saturating_record(us.clamp(1, RESIDENCE_MAX_US));
+        let slot = &mut self.counts[b - usize::from(self.lo)];
+        *slot = slot.saturating_add(1);
+        self.count += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Widens the window to include bucket `b`.
+    #[cold]
+    fn grow(&mut self, b: usize) {
+        let (old_lo, old_len) = (usize::from(self.lo), self.counts.len());
+        let (lo, hi) = if old_len == 0 {
+            (b, b + 1)
+        } else {
+            (old_lo.min(b), (old_lo + old_len).max(b + 1))
+        };
+        let lo = lo - lo % GROW;
+        let hi = (hi.next_multiple_of(GROW)).min(bucket(RESIDENCE_MAX_US) + 1);
+        let mut counts = vec![0u32; hi - lo].into_boxed_slice();
+        if old_len > 0 {
+            counts[old_lo - lo..old_lo - lo + old_len].copy_from_slice(&self.counts);
         }
+        self.counts = counts;
+        // Bucket indices stay below 400: u16 holds them.
+        self.lo = lo as u16;
+    }
+
+    /// The value at quantile `q` (0..=1) as hdrhistogram computes it: the highest value of the
+    /// bucket where the cumulative count reaches `ceil(q * count)`.
+    fn value_at_quantile(&self, q: f64) -> u64 {
+        let want = ((q.min(1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= want {
+                return bucket_high(usize::from(self.lo) + i).min(self.max_us);
+            }
+        }
+        self.max_us
     }
 
     pub fn summary(&self) -> ResidenceSummary {
-        let Some(h) = self.hist.as_ref() else {
+        if self.count == 0 {
             return ResidenceSummary::default();
-        };
+        }
         ResidenceSummary {
-            count: h.len(),
-            p50_us: h.value_at_quantile(0.5),
-            p90_us: h.value_at_quantile(0.9),
-            p99_us: h.value_at_quantile(0.99),
-            max_us: h.max(),
+            count: self.count,
+            p50_us: self.value_at_quantile(0.5),
+            p90_us: self.value_at_quantile(0.9),
+            p99_us: self.value_at_quantile(0.99),
+            max_us: self.max_us,
         }
     }
 }
@@ -166,6 +234,42 @@ mod tests {
         assert!(close(s.p90_us, 900), "{s:?}");
         assert!(close(s.p99_us, 990), "{s:?}");
         assert!(close(s.max_us, RESIDENCE_MAX_US), "{s:?}");
+    }
+
+    #[test]
+    fn buckets_match_hdrhistogram_at_one_significant_digit() {
+        let h = hdrhistogram::Histogram::<u32>::new_with_bounds(1, RESIDENCE_MAX_US, 1).unwrap();
+        let mut v = 1;
+        while v <= RESIDENCE_MAX_US {
+            assert_eq!(bucket_high(bucket(v)), h.highest_equivalent(v), "value {v}");
+            assert!(bucket(v) >= bucket(v - 1), "monotonic at {v}");
+            v += 1 + v / 50;
+        }
+        assert!(bucket(RESIDENCE_MAX_US) < 400);
+    }
+
+    #[test]
+    fn percentiles_match_hdrhistogram() {
+        let mut h = hdrhistogram::Histogram::<u32>::new_with_bounds(1, RESIDENCE_MAX_US, 1).unwrap();
+        let mut r = Residence::default();
+        // A skewed spread, recorded in an order that grows the window both ways.
+        let mut x = 12345u64;
+        for _ in 0..5000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let us = 40 + (x >> 33) % 300 + if (x >> 20) % 50 == 0 { 20_000 } else { 0 };
+            h.record(us).unwrap();
+            r.record(us);
+        }
+        r.record(3);
+        h.record(3).unwrap();
+        let s = r.summary();
+        assert_eq!(s.count, h.len());
+        // Same buckets; a percentile in the top bucket is capped at the exact maximum.
+        assert_eq!(h.highest_equivalent(s.max_us), h.max());
+        for (got, q) in [(s.p50_us, 0.5), (s.p90_us, 0.9), (s.p99_us, 0.99)] {
+            assert_eq!(got, h.value_at_quantile(q).min(s.max_us), "quantile {q}");
+        }
+        assert!(r.counts.len() < 250, "window {} buckets", r.counts.len());
     }
 
     #[test]
