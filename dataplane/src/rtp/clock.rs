@@ -31,19 +31,12 @@ pub const fn static_clock_rate(pt: u8) -> Option<u32> {
 
 /// Clock rates of one session's dynamic payload types.
 ///
-/// Kept inline (128 bytes) rather than in a map so a lookup on the packet path is one array
-/// index and cloning a session stays a plain copy; 0 marks "not negotiated".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An array rather than a map so a lookup on the packet path is one array index; 0 marks "not
+/// negotiated". It is allocated by the first rate set: a session whose controller negotiated
+/// none (static payload types only) carries 8 bytes instead of 128.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClockMap {
-    dynamic: [u32; DYNAMIC_SLOTS],
-}
-
-impl Default for ClockMap {
-    fn default() -> Self {
-        Self {
-            dynamic: [0; DYNAMIC_SLOTS],
-        }
-    }
+    dynamic: Option<Box<[u32; DYNAMIC_SLOTS]>>,
 }
 
 impl ClockMap {
@@ -54,7 +47,9 @@ impl ClockMap {
     pub fn set(&mut self, pt: u8, hz: u32) -> bool {
         match Self::slot(pt) {
             Some(i) => {
-                self.dynamic[i] = hz;
+                if hz != 0 || self.dynamic.is_some() {
+                    self.dynamic.get_or_insert_with(|| Box::new([0; DYNAMIC_SLOTS]))[i] = hz;
+                }
                 true
             }
             None => false,
@@ -65,7 +60,7 @@ impl ClockMap {
     #[inline]
     pub fn clock_rate(&self, pt: u8) -> Option<u32> {
         match Self::slot(pt) {
-            Some(i) => match self.dynamic[i] {
+            Some(i) => match self.dynamic.as_ref().map_or(0, |d| d[i]) {
                 0 => None,
                 hz => Some(hz),
             },

@@ -26,7 +26,7 @@ impl Direction {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct DirectionState {
     sources: SourceTable,
     rtcp: RtcpSide,

@@ -1,9 +1,11 @@
-//! Per-SSRC state of one direction, in a small inline table.
+//! Per-SSRC state of one direction, in a small table.
 //!
 //! A call rarely carries more than an audio and a video source per direction (plus, briefly,
 //! the old and new SSRC of a re-INVITE), so a fixed array searched linearly beats any map: no
-//! allocation, no hashing, and the whole table sits in a few cache lines. When a further
-//! source appears, the least recently seen one is evicted.
+//! hashing, and the table sits in a few cache lines. The first source is kept inline, the
+//! others in a block allocated when a second source appears: most calls have one source per
+//! direction, and a session's memory (the bar is 4 KiB with 10,000 sessions) should not carry
+//! room for three more. When a further source appears, the least recently seen one is evicted.
 
 use super::jitter::Jitter;
 use super::seq::{self, SeqState};
@@ -105,52 +107,77 @@ impl SourceState {
 }
 
 /// The sources of one direction.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct SourceTable {
-    slots: [Option<SourceState>; MAX_SOURCES],
+    first: Option<SourceState>,
+    /// Slots 1.. of the table, allocated when a second source appears.
+    more: Option<Box<[Option<SourceState>; MAX_SOURCES - 1]>>,
     evicted: u64,
 }
 
 impl SourceTable {
+    /// Every slot, the first one first; the block's slots only once it exists.
+    fn slots(&self) -> impl Iterator<Item = &Option<SourceState>> {
+        std::iter::once(&self.first).chain(self.more.iter().flat_map(|m| m.iter()))
+    }
+
+    fn slots_mut(&mut self) -> impl Iterator<Item = &mut Option<SourceState>> {
+        std::iter::once(&mut self.first).chain(self.more.iter_mut().flat_map(|m| m.iter_mut()))
+    }
+
+    /// Slot `i` of the table (0 is the inline one), allocating the block if `i` needs it.
+    fn slot_mut(&mut self, i: usize) -> &mut Option<SourceState> {
+        match i {
+            0 => &mut self.first,
+            _ => &mut self.more.get_or_insert_with(Default::default)[i - 1],
+        }
+    }
+
     /// The state of `ssrc`, if tracked.
     #[inline]
     pub fn get_mut(&mut self, ssrc: u32) -> Option<&mut SourceState> {
-        self.slots.iter_mut().flatten().find(|s| s.ssrc == ssrc)
+        self.slots_mut().flatten().find(|s| s.ssrc == ssrc)
     }
 
     /// The state of `ssrc`, created (first packet `seq` at `now_us`) if new, evicting the
     /// least recently seen source when the table is full.
     #[inline]
     pub fn get_or_insert(&mut self, ssrc: u32, seq: u16, now_us: u64) -> &mut SourceState {
-        let found = self
-            .slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.ssrc == ssrc));
+        // The common case, one source per direction, touches only the inline slot.
+        let found = if self.first.as_ref().is_some_and(|s| s.ssrc == ssrc) {
+            Some(0)
+        } else {
+            self.slots()
+                .position(|s| s.as_ref().is_some_and(|s| s.ssrc == ssrc))
+        };
         let index = match found {
             Some(i) => i,
             None => {
-                // Empty slots (key `None`) sort before any source.
+                // Empty slots (key `None`) sort before any source; slots of a block not yet
+                // allocated are empty too.
+                let allocated = 1 + self.more.as_ref().map_or(0, |m| m.len());
                 let victim = self
-                    .slots
-                    .iter()
+                    .slots()
                     .enumerate()
                     .min_by_key(|(_, s)| s.as_ref().map(|s| s.last_seen_us))
-                    .map_or(0, |(i, _)| i);
-                if self.slots[victim].take().is_some() {
+                    .filter(|(_, s)| s.is_none() || allocated == MAX_SOURCES)
+                    .map_or(allocated, |(i, _)| i);
+                if self.slot_mut(victim).take().is_some() {
                     self.evicted += 1;
                 }
                 victim
             }
         };
-        self.slots[index].get_or_insert_with(|| SourceState::new(ssrc, seq, now_us))
+        self.slot_mut(index)
+            .get_or_insert_with(|| SourceState::new(ssrc, seq, now_us))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &SourceState> {
-        self.slots.iter().flatten()
+        self.slots().flatten()
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut SourceState> {
-        self.slots.iter_mut().flatten()
+        self.slots_mut().flatten()
     }
 
     pub fn evicted(&self) -> u64 {
