@@ -20,8 +20,9 @@ pub struct UdpPair {
     pub rtcp: Socket,
     /// The RTP address actually bound.
     pub addr: SocketAddr,
-    /// The device both are bound to, if any.
-    pub device: Option<String>,
+    /// Whether both are bound to the device passed to [`bind_pair`] (false without one, or
+    /// when the kernel refused device binding).
+    pub device_bound: bool,
 }
 
 /// Why a pair could not be bound.
@@ -238,14 +239,11 @@ pub fn bind_pair(
     let rtp = bind_udp(addr, device, opts).map_err(|e| classify(e, ip, port))?;
     let rtcp =
         bind_udp(SocketAddr::new(ip, port + 1), device, opts).map_err(|e| classify(e, ip, port))?;
-    let device = device
-        .filter(|_| device_binding_available())
-        .map(str::to_owned);
     Ok(UdpPair {
         rtp,
         rtcp,
         addr,
-        device,
+        device_bound: device.is_some() && device_binding_available(),
     })
 }
 
@@ -295,7 +293,7 @@ mod tests {
     fn binds_both_halves_and_reports_in_use() {
         let port = free_even_port();
         let pair = bind_pair(LO, port, Some("lo"), &SocketOptions::default()).unwrap();
-        assert_eq!(pair.device.as_deref(), Some("lo"));
+        assert!(pair.device_bound);
         assert_eq!(pair.addr, SocketAddr::new(LO, port));
         assert_eq!(
             pair.rtcp.local_addr().unwrap().as_socket().unwrap().port(),

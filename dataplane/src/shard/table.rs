@@ -13,7 +13,6 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use socket2::Socket;
 use tracing::{debug, info, warn};
 
 use super::fork::{fork_copy, fork_local};
@@ -49,13 +48,15 @@ struct Closing {
 }
 
 struct Entry {
-    id: String,
+    /// Shared with the table's index by ID, so the ID is stored once.
+    id: Rc<str>,
     generation: u32,
     listen: SocketAddr,
     connect: SocketAddr,
     destination: SocketAddr,
-    listen_device: Option<String>,
-    connect_device: Option<String>,
+    /// Interned per shard (see [`DeviceCache`]): a session holds no copy of its own.
+    listen_device: Option<Rc<str>>,
+    connect_device: Option<Rc<str>>,
     created_us: u64,
     transport: Transport,
     closing: Option<Closing>,
@@ -97,14 +98,47 @@ impl Fork {
 // TCP entry wastes in the slab do not matter.
 #[allow(clippy::large_enum_variant)]
 enum Transport {
-    Udp {
-        relay: UdpRelay,
-        tokens: [Token; 4],
-        /// Owned descriptors, closed when the session starts closing.
-        sockets: [Option<Socket>; 4],
-    },
+    /// The sockets live in the I/O layer's registered-file table only: the table holds a
+    /// reference to each, so the session keeps no descriptor open and 10,000+ sessions fit in a
+    /// process's open-files limit. Clearing the slot (`remove_socket`) closes the socket.
+    Udp { relay: UdpRelay, tokens: [Token; 4] },
     /// Driven by its own glommio task, which owns the sockets.
     Tcp(TcpSession),
+}
+
+/// How long a looked-up device name is trusted. Looking it up costs a netlink dump of every
+/// interface address (getifaddrs), which at thousands of creates per second was a large part
+/// of a create; addresses move between interfaces rarely, and a session created within this
+/// window of a move binds to the old device like one created just before it.
+const DEVICE_TTL_US: u64 = 1_000_000;
+
+/// The device owning each local address a session was bound on, looked up at most once per
+/// [`DEVICE_TTL_US`] per address, and interned so sessions share the name.
+#[derive(Default)]
+struct DeviceCache {
+    by_ip: HashMap<IpAddr, (Option<Rc<str>>, u64)>,
+}
+
+impl DeviceCache {
+    fn lookup(&mut self, ip: IpAddr, now_us: u64) -> std::io::Result<Option<Rc<str>>> {
+        if let Some((dev, at)) = self.by_ip.get(&ip)
+            && now_us.saturating_sub(*at) < DEVICE_TTL_US
+        {
+            return Ok(dev.clone());
+        }
+        let dev: Option<Rc<str>> = iface::device_of(ip)?.map(Rc::from);
+        // Keep the old allocation when the name did not change, so sessions keep sharing it.
+        let dev = match self.by_ip.get(&ip) {
+            Some((Some(old), _)) if dev.as_deref() == Some(&**old) => Some(old.clone()),
+            _ => dev,
+        };
+        self.by_ip.insert(ip, (dev.clone(), now_us));
+        Ok(dev)
+    }
+
+    fn cached(&self, ip: IpAddr) -> Option<Rc<str>> {
+        self.by_ip.get(&ip).and_then(|(d, _)| d.clone())
+    }
 }
 
 /// Called by a TCP session's task once it has closed its sockets: (slot, generation).
@@ -116,13 +150,14 @@ pub(crate) struct SessionTable {
     sessions: Vec<Option<Entry>>,
     free_sessions: Vec<u32>,
     next_generation: u32,
-    by_id: BTreeMap<String, u32>,
+    by_id: BTreeMap<Rc<str>, u32>,
     sockets: Vec<Option<SocketRef>>,
     free_tokens: Vec<Token>,
     ports: PortAllocator,
     /// Configured interfaces by address, and the allocators of those with their own range.
     interfaces: HashMap<IpAddr, MediaInterface>,
     iface_ports: HashMap<IpAddr, PortAllocator>,
+    devices: DeviceCache,
     sock_opts: SocketOptions,
     events: Arc<dyn EventSink>,
     /// Scratch space for the supervision tick, kept to avoid reallocating every tick.
@@ -176,6 +211,7 @@ impl SessionTable {
                 .filter_map(|i| Some((i.address, PortAllocator::new(i.ports?, shard, shards))))
                 .collect(),
             interfaces: interfaces.iter().map(|i| (i.address, i.clone())).collect(),
+            devices: DeviceCache::default(),
             sock_opts,
             events,
             due: Vec::new(),
@@ -198,7 +234,7 @@ impl SessionTable {
         if self.stopping {
             return Err(CreateError::ShuttingDown);
         }
-        if self.by_id.contains_key(&spec.id) {
+        if self.by_id.contains_key(spec.id.as_str()) {
             return Err(CreateError::AlreadyExists(spec.id));
         }
         if spec.protocol == Protocol::Tcp {
@@ -225,23 +261,16 @@ impl SessionTable {
             self.sockets[*token as usize] = Some(SocketRef { session: slot, leg });
         }
         self.next_generation = self.next_generation.wrapping_add(1);
-        let UdpPair {
-            rtp: lr,
-            rtcp: lc,
-            addr: listen_addr,
-            device: listen_device,
-        } = listen;
-        let UdpPair {
-            rtp: or,
-            rtcp: oc,
-            addr: connect_addr,
-            device: connect_device,
-        } = out;
+        let (listen_addr, connect_addr) = (listen.addr, out.addr);
+        let listen_device = self.bound_device(&listen);
+        let connect_device = self.bound_device(&out);
+        let sockets = [listen.rtp, listen.rtcp, out.rtp, out.rtcp];
+        let id: Rc<str> = Rc::from(spec.id.as_str());
         let created_us = unix_now_us();
         let entry = Entry {
             monitor: Monitor::new(spec.options.monitor.clone(), created_us),
             refreshed_us: created_us,
-            id: spec.id.clone(),
+            id: id.clone(),
             generation: self.next_generation,
             listen: listen_addr,
             connect: connect_addr,
@@ -260,7 +289,6 @@ impl SessionTable {
                     relay
                 },
                 tokens,
-                sockets: [Some(lr), Some(lc), Some(or), Some(oc)],
             },
             closing: None,
             fork: Fork::default(),
@@ -268,15 +296,10 @@ impl SessionTable {
         self.sessions[slot as usize] = Some(entry);
         self.live += 1;
 
+        // Our descriptors are closed when `sockets` drops at the end of this function: from
+        // then on only the registered-file table keeps each socket (and its port) alive.
         for k in 0..4 {
-            let Some(entry) = self.sessions[slot as usize].as_ref() else {
-                break;
-            };
-            let Transport::Udp { sockets, .. } = &entry.transport else {
-                break;
-            };
-            let fd = sockets[k].as_ref().map(AsRawFd::as_raw_fd).unwrap_or(-1);
-            if let Err(source) = io.add_socket(tokens[k], fd) {
+            if let Err(source) = io.add_socket(tokens[k], sockets[k].as_raw_fd()) {
                 warn!(session = %spec.id, error = %source, "registering a socket failed; rolling back");
                 // Sockets 0..k have a receive pending and are released through the I/O layer;
                 // k.. were never registered and are released now.
@@ -293,7 +316,7 @@ impl SessionTable {
                 return Err(CreateError::Socket { field, source });
             }
         }
-        self.by_id.insert(spec.id.clone(), slot);
+        self.by_id.insert(id, slot);
         let snapshot = self.snapshot(slot, SessionState::Forwarding);
         info!(
             session = %spec.id, shard = self.shard, listen = %listen_addr, connect = %connect_addr,
@@ -302,7 +325,9 @@ impl SessionTable {
             connect_device = snapshot.connect_device.as_deref().unwrap_or("-"),
             "session created"
         );
-        self.emit(&spec.id, EventKind::Created(Box::new(snapshot.clone())));
+        if self.events.wanted() {
+            self.emit(&spec.id, EventKind::Created(Box::new(snapshot.clone())));
+        }
         Ok(snapshot)
     }
 
@@ -424,8 +449,8 @@ impl SessionTable {
             }
             _ => Bound::Included(query.prefix.as_str()),
         };
-        let matching = |(id, _): &(&String, &u32)| id.starts_with(&query.prefix);
-        let open = |(_, slot): &(&String, &u32)| {
+        let matching = |(id, _): &(&Rc<str>, &u32)| id.starts_with(&query.prefix);
+        let open = |(_, slot): &(&Rc<str>, &u32)| {
             self.sessions[**slot as usize]
                 .as_ref()
                 .is_some_and(|e| e.closing.is_none())
@@ -504,9 +529,13 @@ impl SessionTable {
             return;
         };
         let id = entry.id.clone();
+        let id = &*id;
         match due {
             Due::Stats => {
-                let snapshot = self.snapshot(slot, SessionState::Forwarding);
+                let snapshot = self
+                    .events
+                    .wanted()
+                    .then(|| self.snapshot(slot, SessionState::Forwarding));
                 // Interval figures of the next update cover what happens from now on.
                 if let Some(entry) = self.sessions[slot as usize].as_mut() {
                     match &mut entry.transport {
@@ -518,7 +547,9 @@ impl SessionTable {
                         }
                     }
                 }
-                self.emit(&id, EventKind::StatsUpdate(Box::new(snapshot)));
+                if let Some(snapshot) = snapshot {
+                    self.emit(id, EventKind::StatsUpdate(Box::new(snapshot)));
+                }
             }
             Due::IdleTimeout => {
                 info!(session = %id, "no media for the idle timeout; closing");
@@ -526,7 +557,7 @@ impl SessionTable {
             }
             Due::State { from, to, reason } => {
                 warn!(session = %id, ?from, ?to, reason, "session state changed");
-                self.emit(&id, EventKind::StateChanged { from, to, reason });
+                self.emit(id, EventKind::StateChanged { from, to, reason });
             }
             Due::Error { new } => {
                 let last = match &entry.transport {
@@ -536,7 +567,7 @@ impl SessionTable {
                 .unwrap_or_default();
                 let message = format!("{new} send(s) failed; last: {last}");
                 warn!(session = %id, "{message}");
-                self.emit(&id, EventKind::Error(message));
+                self.emit(id, EventKind::Error(message));
             }
             Due::Alert {
                 kind,
@@ -575,7 +606,9 @@ impl SessionTable {
         // Bind to the device that owns the address; an address no interface lists exactly
         // (e.g. 127.0.0.2 inside 127.0.0.0/8) is left to the kernel to accept or refuse.
         let device = if self.sock_opts.bind_device {
-            iface::device_of(want.ip()).map_err(|source| CreateError::Socket { field, source })?
+            self.devices
+                .lookup(want.ip(), unix_now_us())
+                .map_err(|source| CreateError::Socket { field, source })?
         } else {
             None
         };
@@ -598,6 +631,14 @@ impl SessionTable {
             }
         }
         Err(CreateError::PortsExhausted { field })
+    }
+
+    /// The device `pair` is bound to, as the shard's interned name.
+    fn bound_device(&self, pair: &UdpPair) -> Option<Rc<str>> {
+        if !pair.device_bound {
+            return None;
+        }
+        self.devices.cached(pair.addr.ip())
     }
 
     /// The port allocator for `ip`: its interface's own range, or the default.
@@ -629,22 +670,25 @@ impl SessionTable {
             reply,
             silent,
         });
-        let (tokens, sockets) = match &mut entry.transport {
-            Transport::Udp {
-                tokens, sockets, ..
-            } => (tokens, sockets),
+        let tokens = match &entry.transport {
+            Transport::Udp { tokens, .. } => *tokens,
             Transport::Tcp(tcp) => {
                 // The task closes its sockets and then calls `tcp_finished`.
                 tcp.close();
                 return;
             }
         };
+        // Clearing a registered slot drops the last reference but the pending receive's: the
+        // port is free once that receive has ended (see `on_socket_released`).
         for &t in &tokens[..usize::from(registered)] {
             io.remove_socket(t);
         }
-        // Closing our descriptors now is safe: a pending receive holds its own reference, and
-        // the port is free once that receive has ended (see `on_socket_released`).
-        *sockets = [None, None, None, None];
+        if registered > 0
+            && let Err(e) = io.nudge()
+        {
+            // Only delays the release until the shard's next wake-up.
+            warn!(error = %e, "waking the media task for a socket release failed");
+        }
         if registered == 0 {
             self.finish_close(slot);
         }
@@ -661,14 +705,16 @@ impl SessionTable {
             .release(entry.listen.ip(), entry.listen.port());
         self.allocator(entry.connect.ip())
             .release(entry.connect.ip(), entry.connect.port());
-        if self.by_id.get(&entry.id) == Some(&slot) {
-            self.by_id.remove(&entry.id);
+        if self.by_id.get(&*entry.id) == Some(&slot) {
+            self.by_id.remove(&*entry.id);
         }
         let Some(closing) = entry.closing.take() else {
             return;
         };
         if !closing.silent {
             info!(session = %entry.id, reason = closing.reason.as_str(), "session closed");
+        }
+        if !closing.silent && self.events.wanted() {
             self.emit(
                 &entry.id,
                 EventKind::Closed {
@@ -691,7 +737,7 @@ impl SessionTable {
             Transport::Tcp(tcp) => return self.tcp_snapshot(e, tcp, state),
         };
         SessionSnapshot {
-            id: e.id.clone(),
+            id: e.id.to_string(),
             protocol: Protocol::Udp,
             // Open sessions report what their supervisor concluded (forwarding or error).
             state: if state == SessionState::Closed {
@@ -707,8 +753,8 @@ impl SessionTable {
             last_error: relay.last_error().map(|f| (f.to_string(), f.at_us)),
             listen_advertised: self.advertised(e.listen.ip()),
             connect_advertised: self.advertised(e.connect.ip()),
-            listen_device: e.listen_device.clone(),
-            connect_device: e.connect_device.clone(),
+            listen_device: e.listen_device.as_deref().map(str::to_owned),
+            connect_device: e.connect_device.as_deref().map(str::to_owned),
             created_us: e.created_us,
             forward: relay.forward,
             reverse: relay.reverse,
@@ -729,7 +775,7 @@ impl SessionTable {
     fn tcp_snapshot(&self, e: &Entry, tcp: &TcpSession, state: SessionState) -> SessionSnapshot {
         let s = tcp.shared.borrow();
         SessionSnapshot {
-            id: e.id.clone(),
+            id: e.id.to_string(),
             protocol: Protocol::Tcp,
             state: if state == SessionState::Closed {
                 state
@@ -854,10 +900,11 @@ impl SessionTable {
             done: Box::new(move || done(slot, generation)),
         });
         let created_us = unix_now_us();
+        let id: Rc<str> = Rc::from(spec.id.as_str());
         self.sessions[slot as usize] = Some(Entry {
             monitor: Monitor::new(spec.options.monitor.clone(), created_us),
             refreshed_us: created_us,
-            id: spec.id.clone(),
+            id: id.clone(),
             generation,
             listen,
             connect: spec.connect,
@@ -870,14 +917,16 @@ impl SessionTable {
             fork: Fork::default(),
         });
         self.live += 1;
-        self.by_id.insert(spec.id.clone(), slot);
+        self.by_id.insert(id, slot);
         let snapshot = self.snapshot(slot, SessionState::Connecting);
         info!(
             session = %spec.id, shard = self.shard, listen = %listen, connect = %spec.connect,
             destination = %spec.destination, framing = ?spec.options.tcp.framing,
             "tcp session created"
         );
-        self.emit(&spec.id, EventKind::Created(Box::new(snapshot.clone())));
+        if self.events.wanted() {
+            self.emit(&spec.id, EventKind::Created(Box::new(snapshot.clone())));
+        }
         Ok(snapshot)
     }
 
@@ -1022,5 +1071,13 @@ mod tests {
             let (s, g, l) = untag(tag(slot, generation, leg));
             assert_eq!((s, g, l), (slot, generation & 0xff_ffff, Some(leg)));
         }
+    }
+
+    /// A session's slab entry is most of its memory (bar: 4 KiB per session with 10,000
+    /// sessions, statistics included); rarely used parts belong behind a pointer.
+    #[test]
+    fn a_session_entry_stays_small() {
+        let size = std::mem::size_of::<Entry>();
+        assert!(size <= 2048, "Entry is {size} bytes");
     }
 }
