@@ -69,7 +69,15 @@ impl EventHub {
 
 impl EventSink for EventHub {
     fn emit(&self, event: Event) {
-        // No receiver is not an error: nobody is watching.
+        // Without a receiver the channel drops the event anyway: skip converting it.
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        // A receiver that left meanwhile is not an error either.
         let _ = self.tx.send(Some(Arc::new(convert::event(&event))));
+    }
+
+    fn wanted(&self) -> bool {
+        self.tx.receiver_count() > 0
     }
 }

@@ -67,6 +67,15 @@ pub struct Event {
 /// Receives every event of every shard. Must not block.
 pub trait EventSink: Send + Sync + 'static {
     fn emit(&self, event: Event);
+
+    /// Whether anyone would see an event emitted now. Shards skip building events (a session
+    /// snapshot, converted again by the control plane) when nobody is listening, which is a
+    /// measurable part of a create/destroy. A `false` may turn stale the moment it is read;
+    /// a watcher subscribing then misses nothing it could have been promised, as watchers
+    /// see events from their subscription on.
+    fn wanted(&self) -> bool {
+        true
+    }
 }
 
 /// A sink that drops everything (for embedding the data plane without a control plane).
@@ -74,4 +83,8 @@ pub struct NoEvents;
 
 impl EventSink for NoEvents {
     fn emit(&self, _event: Event) {}
+
+    fn wanted(&self) -> bool {
+        false
+    }
 }
