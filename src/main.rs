@@ -63,14 +63,17 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
              sockets will take media ports and calls will lose media; move one of the ranges"
         );
     }
-    // Every shard's socket table must fit in the open-files limit, with room for the rest.
+    // UDP sockets live in each shard's registered-file table, not in the descriptor table,
+    // but the kernel sizes no such table beyond the open-files limit.
     let mut max_sockets = d.max_sockets_per_shard;
     if let Some(files) = open_files {
-        let fit = (files.saturating_sub(256) / shards as u64).min(u64::from(u32::MAX)) as u32;
+        let fit = files.min(u64::from(u32::MAX)) as u32;
         if fit < max_sockets {
             info!(
                 max_sockets,
-                fit, "open-files limit caps the sockets per shard"
+                fit,
+                sessions = u64::from(fit / 4) * shards as u64,
+                "open-files limit caps the sockets per shard"
             );
             max_sockets = fit.max(4);
         }
@@ -113,7 +116,9 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
 
 fn run(config: Config) -> anyhow::Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), "rtprelay starting");
-    let open_files = system::raise_limits();
+    // Each shard's socket table must fit under the limit, plus descriptors for TCP sessions,
+    // sockets being set up and the control plane.
+    let open_files = system::raise_limits(u64::from(config.dataplane.max_sockets_per_shard) + 4096);
     let dp_config = dataplane_config(&config, open_files)?;
     let shards = dp_config.shards;
     let events = EventHub::new(config.events.buffer);
