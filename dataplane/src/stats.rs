@@ -250,12 +250,15 @@ mod tests {
 
     #[test]
     fn percentiles_match_hdrhistogram() {
-        let mut h = hdrhistogram::Histogram::<u32>::new_with_bounds(1, RESIDENCE_MAX_US, 1).unwrap();
+        let mut h =
+            hdrhistogram::Histogram::<u32>::new_with_bounds(1, RESIDENCE_MAX_US, 1).unwrap();
         let mut r = Residence::default();
         // A skewed spread, recorded in an order that grows the window both ways.
         let mut x = 12345u64;
         for _ in 0..5000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let us = 40 + (x >> 33) % 300 + if (x >> 20) % 50 == 0 { 20_000 } else { 0 };
             h.record(us).unwrap();
             r.record(us);

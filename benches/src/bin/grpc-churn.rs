@@ -121,8 +121,7 @@ async fn churn_client(
         let id = format!("churn-{}-{index}-{n}", std::process::id());
         n += 1;
         let t = Instant::now();
-        if c
-            .create_session(create_request(args, id.clone(), 9))
+        if c.create_session(create_request(args, id.clone(), 9))
             .await
             .is_err()
         {
@@ -157,9 +156,9 @@ async fn churn(args: std::sync::Arc<Args>) -> Result<()> {
     for i in 0..args.clients {
         let args = args.clone();
         let ch = channels[i % conns].clone();
-        tasks.push(tokio::spawn(
-            async move { churn_client(&args, ch, i, until).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            churn_client(&args, ch, i, until).await
+        }));
     }
     let (mut pairs, mut errors) = (0, 0);
     let mut create = Histogram::<u64>::new(3)?;

@@ -48,7 +48,8 @@ impl ClockMap {
         match Self::slot(pt) {
             Some(i) => {
                 if hz != 0 || self.dynamic.is_some() {
-                    self.dynamic.get_or_insert_with(|| Box::new([0; DYNAMIC_SLOTS]))[i] = hz;
+                    self.dynamic
+                        .get_or_insert_with(|| Box::new([0; DYNAMIC_SLOTS]))[i] = hz;
                 }
                 true
             }

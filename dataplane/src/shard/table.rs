@@ -578,7 +578,7 @@ impl SessionTable {
             } => {
                 warn!(session = %id, ?kind, ?direction, active, value, threshold, "media alert");
                 self.emit(
-                    &id,
+                    id,
                     EventKind::Alert {
                         kind,
                         direction,
