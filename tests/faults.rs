@@ -13,6 +13,21 @@ use rtprelay_proto::v1::session_event::Kind;
 use tokio_stream::StreamExt;
 
 /// Waits up to `limit` for a StateChanged event to `to`; returns it and when it came.
+/// Bytes queued for reading on the IPv4 UDP socket bound to 127.0.0.1:`port` (its receive and
+/// error queues), from /proc/net/udp.
+fn udp_rx_queue(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) {
+            return None;
+        }
+        let rx = f.get(4)?.split(':').nth(1)?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
 async fn state_change(
     events: &mut tonic::Streaming<v1::SessionEvent>,
     to: v1::SessionState,
@@ -78,6 +93,12 @@ async fn unreachable_destination_is_reported_within_a_second_and_recovers() {
         "{}",
         error.reason
     );
+    // Every packet sent meanwhile drew another ICMP error. Their reports must not pile up in
+    // the outbound socket's error queue (charged to its receive buffer): let ~10 more arrive,
+    // then at most one report may be waiting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = udp_rx_queue(connect.port()).expect("the relay's outbound socket is listed");
+    assert!(queued < 1024, "{queued} bytes of error reports left queued");
     let status = client
         .get_session_status(v1::GetSessionStatusRequest {
             session_id: "icmp".into(),

@@ -106,37 +106,6 @@ pub fn bind_udp(
 
 /// Tries SO_BINDTODEVICE once on a scratch socket, so a relay without CAP_NET_RAW says at
 /// start-up, not at the first call, that it falls back to binding by source address only.
-/// Empties a socket's error queue (IP_RECVERR) and returns how many reports it held. The
-/// reports of ICMP errors stay queued until read and are charged to the socket's receive
-/// buffer: left there, they would fill it and the kernel would drop the media behind them, and
-/// they keep the socket reporting EPOLLERR. The caller already learned the error itself.
-pub fn drain_error_queue(socket: &Socket) -> usize {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
-    let mut drained = 0;
-    // Bounded: a socket holds at most a receive buffer's worth of reports.
-    while drained < 1024 {
-        let mut data = [0u8; 64];
-        let mut control = [0u8; 512];
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: data.len(),
-        };
-        // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = control.len() as _;
-        // SAFETY: `fd` is an open socket owned by `socket`; `msg` points at live buffers.
-        let n = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-        if n < 0 {
-            break;
-        }
-        drained += 1;
-    }
-    drained
-}
-
 pub fn probe_device_binding() -> bool {
     let probe = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
         .and_then(|s| s.bind_device(Some(b"lo")));

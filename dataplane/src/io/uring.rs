@@ -95,6 +95,8 @@ const KIND_NOP: u64 = 4 << KIND_SHIFT;
 const KIND_COPY: u64 = 5 << KIND_SHIFT;
 /// Readiness of the descriptor given to [`MediaIo::watch`].
 const KIND_WATCH: u64 = 6 << KIND_SHIFT;
+/// A read of a socket's error queue (IP_RECVERR reports), whose content is not needed.
+const KIND_ERRQ: u64 = 7 << KIND_SHIFT;
 const KIND_MASK: u64 = 0xff << KIND_SHIFT;
 
 /// Memory the pending `sendmsg`s of one receive buffer point into; one per buffer. A buffer is
@@ -149,6 +151,10 @@ struct Shared {
     sends: Box<[SendSlot]>,
     sockets: Vec<RecvState>,
     rearm: Vec<Token>,
+    /// Sockets whose error queue is to be read (one report per read).
+    errq: Vec<Token>,
+    /// Where error-queue reads land; their content is discarded.
+    errq_scratch: Box<ErrqScratch>,
     /// [`UringConfig::max_packet_age`] in microseconds (0 = no limit).
     max_age_us: u64,
 }
@@ -234,6 +240,8 @@ impl UringIo {
                 sends,
                 sockets: vec![RecvState::Idle; cfg.max_sockets as usize],
                 rearm: Vec::new(),
+                errq: Vec::new(),
+                errq_scratch: ErrqScratch::new(),
                 max_age_us: cfg.max_packet_age.as_micros() as u64,
             },
             released: Vec::new(),
@@ -394,6 +402,15 @@ impl MediaIo for UringIo {
                     }
                     KIND_SEND => self.st.on_send_done(&cqe, handler, false),
                     KIND_COPY => self.st.on_send_done(&cqe, handler, true),
+                    KIND_ERRQ => {
+                        // A report was read: there may be more. Stops at EAGAIN.
+                        let token = (cqe.user_data() & 0xffff_ffff) as Token;
+                        if cqe.result() >= 0
+                            && self.st.sockets.get(token as usize) == Some(&RecvState::Armed)
+                        {
+                            self.st.errq.push(token);
+                        }
+                    }
                     KIND_WATCH => {
                         pass.watched = true;
                         if let (Some(fd), false) = (self.watched, cqueue::more(cqe.flags())) {
@@ -409,6 +426,9 @@ impl MediaIo for UringIo {
                     push_split(&submitter, &mut sq, &self.st.recv_entry(token))?;
                     self.st.sockets[token as usize] = RecvState::Armed;
                 }
+            }
+            for token in std::mem::take(&mut self.st.errq) {
+                push_split(&submitter, &mut sq, &self.st.errq_entry(token))?;
             }
             self.st.bufs.publish();
             sq.sync();
@@ -492,7 +512,47 @@ fn watch_entry(fd: RawFd) -> squeue::Entry {
         .user_data(KIND_WATCH)
 }
 
+/// Landing space of error-queue reads (see [`KIND_ERRQ`]); shared by all of them, since what
+/// they read is thrown away.
+struct ErrqScratch {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    data: [u8; 64],
+    control: [u8; 512],
+}
+
+impl ErrqScratch {
+    fn new() -> Box<Self> {
+        // SAFETY: all-zero msghdr/iovec are valid values; the pointers are set below, into the
+        // box, whose heap address does not move.
+        let mut s: Box<Self> = Box::new(Self {
+            hdr: unsafe { std::mem::zeroed() },
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            data: [0; 64],
+            control: [0; 512],
+        });
+        s.iov.iov_base = s.data.as_mut_ptr().cast();
+        s.iov.iov_len = s.data.len();
+        s.hdr.msg_iov = &raw mut s.iov;
+        s.hdr.msg_iovlen = 1;
+        s.hdr.msg_control = s.control.as_mut_ptr().cast();
+        s.hdr.msg_controllen = s.control.len() as _;
+        s
+    }
+}
+
 impl Shared {
+    /// Reads one report from `token`'s error queue, without waiting.
+    fn errq_entry(&mut self, token: Token) -> squeue::Entry {
+        opcode::RecvMsg::new(types::Fixed(token), &raw mut self.errq_scratch.hdr)
+            .flags((libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) as u32)
+            .build()
+            .user_data(KIND_ERRQ | u64::from(token))
+    }
+
     fn recv_entry(&self, token: Token) -> squeue::Entry {
         opcode::RecvMsgMulti::new(types::Fixed(token), &raw const *self.recv_hdr, BUF_GROUP)
             .build()
@@ -547,6 +607,10 @@ impl Shared {
                     if res < 0 && res != -libc::ENOBUFS {
                         // A queued ICMP error (IP_RECVERR) ends the receive: report it, re-arm.
                         handler.on_socket_error(token, -res);
+                        // Its report stays in the socket's error queue, charged to the receive
+                        // buffer (enough of them and media is dropped) and keeping EPOLLERR
+                        // set: read the queue empty.
+                        self.errq.push(token);
                     }
                     self.sockets[token as usize] = RecvState::Rearm;
                     self.rearm.push(token);

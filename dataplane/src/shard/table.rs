@@ -1030,11 +1030,8 @@ impl PacketHandler for SessionTable {
         let (slot, leg) = (sref.session, sref.leg);
         if let Some(Some(entry)) = self.sessions.get_mut(slot as usize) {
             debug!(session = %entry.id, ?leg, errno, "socket error");
-            if let Transport::Udp { relay, sockets, .. } = &mut entry.transport {
+            if let Transport::Udp { relay, .. } = &mut entry.transport {
                 relay.on_socket_error(leg, errno, unix_now_us());
-                if let Some(Some(socket)) = sockets.get(leg as usize) {
-                    crate::socket::drain_error_queue(socket);
-                }
             }
         }
     }
