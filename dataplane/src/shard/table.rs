@@ -63,11 +63,12 @@ struct Entry {
     monitor: Monitor,
     /// Last control-plane refresh (rtpproxy U/L), counted as activity for the idle timeout.
     refreshed_us: u64,
-    fork: Fork,
+    /// Allocated the first time the session is forked or recorded: most sessions never are.
+    fork: Option<Box<Fork>>,
 }
 
-/// Media forking (rtpproxy `C`) and recording (rtpproxy `R`) of one UDP session. Only RTP is
-/// forked or recorded, and only packets the session relays.
+/// Media forking (rtpproxy `C`) and recording (rtpproxy `R`) of one UDP session: RTP and RTCP,
+/// and only packets the session relays.
 #[derive(Default)]
 struct Fork {
     copy_target: Option<SocketAddr>,
@@ -291,7 +292,7 @@ impl SessionTable {
                 tokens,
             },
             closing: None,
-            fork: Fork::default(),
+            fork: None,
         };
         self.sessions[slot as usize] = Some(entry);
         self.live += 1;
@@ -401,10 +402,10 @@ impl SessionTable {
         {
             return Err(ForkError::FamilyMismatch(t));
         }
-        if entry.fork.copy_target != target {
+        if entry.fork.as_ref().and_then(|f| f.copy_target) != target {
             info!(session = %entry.id, target = ?target, "media copy target set");
         }
-        entry.fork.copy_target = target;
+        entry.fork.get_or_insert_default().copy_target = target;
         Ok(())
     }
 
@@ -415,14 +416,14 @@ impl SessionTable {
             .as_mut()
             .ok_or(ForkError::UnknownSession)?;
         let Some(file) = file else {
-            if let Some(key) = entry.fork.recording.take()
+            if let Some(key) = entry.fork.as_mut().and_then(|f| f.recording.take())
                 && let Some(r) = &self.recorder
             {
                 r.close(key);
             }
             return Ok(());
         };
-        if entry.fork.recording.is_some() {
+        if entry.fork.as_ref().is_some_and(|f| f.recording.is_some()) {
             return Ok(());
         }
         let recorder = match &mut self.recorder {
@@ -433,7 +434,7 @@ impl SessionTable {
         };
         let key = u64::from(slot) | (u64::from(entry.generation) << 32);
         recorder.open(key, file.file, file.path);
-        entry.fork.recording = Some(key);
+        entry.fork.get_or_insert_default().recording = Some(key);
         Ok(())
     }
 
@@ -659,7 +660,7 @@ impl SessionTable {
             return;
         };
         // No packet of a closing session is relayed any more: the recording is complete.
-        if let Some(key) = entry.fork.recording.take()
+        if let Some(key) = entry.fork.as_mut().and_then(|f| f.recording.take())
             && let Some(r) = &self.recorder
         {
             r.close(key);
@@ -763,7 +764,7 @@ impl SessionTable {
             media: relay.media.snapshot(),
             shard: self.shard,
             tcp: None,
-            fork: e.fork.snapshot(),
+            fork: e.fork.as_deref().map(Fork::snapshot).unwrap_or_default(),
         }
     }
 
@@ -914,7 +915,7 @@ impl SessionTable {
             created_us,
             transport: Transport::Tcp(tcp),
             closing: None,
-            fork: Fork::default(),
+            fork: None,
         });
         self.live += 1;
         self.by_id.insert(id, slot);
@@ -969,16 +970,18 @@ impl PacketHandler for SessionTable {
                 Action::Drop
             }
             Verdict::Send { via, to } => {
-                let fork = &mut entry.fork;
-                let copy = fork.copy_target.and_then(|t| fork_copy(leg, t, tokens));
-                if let Some(key) = fork.recording
-                    && let Some(recorder) = self.recorder.as_mut()
-                {
-                    let local = fork_local(leg, entry.listen, entry.connect);
-                    if recorder.record(key, p.arrival_us, p.from, local, p.payload) {
-                        fork.records_queued += 1;
-                    } else {
-                        fork.records_dropped += 1;
+                let mut copy = None;
+                if let Some(fork) = entry.fork.as_deref_mut() {
+                    copy = fork.copy_target.and_then(|t| fork_copy(leg, t, tokens));
+                    if let Some(key) = fork.recording
+                        && let Some(recorder) = self.recorder.as_mut()
+                    {
+                        let local = fork_local(leg, entry.listen, entry.connect);
+                        if recorder.record(key, p.arrival_us, p.from, local, p.payload) {
+                            fork.records_queued += 1;
+                        } else {
+                            fork.records_dropped += 1;
+                        }
                     }
                 }
                 Action::Send {
@@ -997,10 +1000,10 @@ impl PacketHandler for SessionTable {
             return;
         };
         match result {
-            Ok(_) => entry.fork.copies_sent += 1,
+            Ok(_) => entry.fork.get_or_insert_default().copies_sent += 1,
             Err(e) => {
                 debug!(session = %entry.id, error = %e, "media copy failed");
-                entry.fork.copies_failed += 1;
+                entry.fork.get_or_insert_default().copies_failed += 1;
             }
         }
     }
