@@ -1,6 +1,6 @@
 //! rtpproxy media forking (`C`) and recording (`R`) against the real relay on loopback: copies
 //! arrive byte-exact while the call keeps flowing, `N` stops them, and recordings are valid pcap
-//! files holding exactly the RTP relayed.
+//! files holding exactly the RTP and RTCP relayed.
 
 mod common;
 
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use common::rtpproxy::{Controller, port_of};
 use common::*;
 use rtprelay_proto::v1;
+use rtprelay_proto::v1::relay_client::RelayClient;
+use tonic::transport::Channel;
 
 /// A call set up with U/L: the caller sends to `to_caller`, the callee to `to_callee`.
 struct Call {
@@ -182,17 +184,29 @@ fn pcaps_in(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn record_writes_a_pcap_of_both_directions() {
-    let dir = std::env::temp_dir().join(format!("rtprelay-rec-{}", std::process::id()));
+/// A relay with `shards` shards, an rtpproxy UDP listener and a fresh record directory named
+/// `name-PID` under the temporary directory.
+async fn recording_relay(
+    shards: usize,
+    name: &str,
+) -> (PathBuf, Relay, RelayClient<Channel>, Controller) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let ctl_port = free_udp_port();
     let listen = format!("udp:127.0.0.1:{ctl_port}");
     let dir_arg = dir.to_str().unwrap().to_owned();
-    let (_relay, _grpc) =
-        Relay::start(2, &["--rtpproxy-listen", &listen, "--record-dir", &dir_arg]).await;
-    let c = Controller::on_port(ctl_port);
+    let (relay, grpc) = Relay::start(
+        shards,
+        &["--rtpproxy-listen", &listen, "--record-dir", &dir_arg],
+    )
+    .await;
+    (dir, relay, grpc, Controller::on_port(ctl_port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_writes_a_pcap_of_both_directions() {
+    let (dir, _relay, _grpc, c) = recording_relay(2, "rtprelay-rec").await;
     let call = setup_call(&c, "rec-1@test/../x");
     assert_eq!(c.ask("r0", "R nocall ftag;1"), "E50");
     assert_eq!(c.ask("r1", &format!("R {} ftag;1 ttag;1", call.id)), "0");
@@ -280,15 +294,7 @@ async fn record_without_record_dir_is_refused_and_n_stops_recording() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_closes_the_recording_while_the_call_goes_on() {
-    let dir = std::env::temp_dir().join(format!("rtprelay-rec-n-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ctl_port = free_udp_port();
-    let listen = format!("udp:127.0.0.1:{ctl_port}");
-    let dir_arg = dir.to_str().unwrap().to_owned();
-    let (_relay, mut grpc) =
-        Relay::start(1, &["--rtpproxy-listen", &listen, "--record-dir", &dir_arg]).await;
-    let c = Controller::on_port(ctl_port);
+    let (dir, _relay, mut grpc, c) = recording_relay(1, "rtprelay-rec-n").await;
     let call = setup_call(&c, "rec-n@test");
     assert_eq!(c.ask("r", &format!("R {} ftag;1 ttag;1", call.id)), "0");
     exchange(&call, 5, 1);
@@ -320,15 +326,7 @@ async fn n_closes_the_recording_while_the_call_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtcp_is_copied_to_port_plus_one_and_recorded() {
-    let dir = std::env::temp_dir().join(format!("rtprelay-rec-rtcp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ctl_port = free_udp_port();
-    let listen = format!("udp:127.0.0.1:{ctl_port}");
-    let dir_arg = dir.to_str().unwrap().to_owned();
-    let (_relay, _grpc) =
-        Relay::start(1, &["--rtpproxy-listen", &listen, "--record-dir", &dir_arg]).await;
-    let c = Controller::on_port(ctl_port);
+    let (dir, _relay, _grpc, c) = recording_relay(1, "rtprelay-rec-rtcp").await;
     let (caller, caller_rtcp) = udp_pair(free_udp_port());
     let (callee, callee_rtcp) = udp_pair(free_udp_port());
     let (tap, tap_rtcp) = udp_pair(free_udp_port());

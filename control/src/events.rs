@@ -61,6 +61,31 @@ impl EventHub {
         self.tx.subscribe()
     }
 
+    /// Calls `on_closed` for every session that closes from now on, until the hub closes. For
+    /// in-process followers that keep per-session state outside the data plane. If the
+    /// follower falls behind and events are lost, that is logged as `who` with `consequence`.
+    pub async fn follow_closed(
+        &self,
+        who: &str,
+        consequence: &str,
+        mut on_closed: impl FnMut(&str, &v1::Closed),
+    ) {
+        let mut rx = self.subscribe();
+        loop {
+            let event = match rx.recv().await {
+                Ok(Some(e)) => e,
+                Ok(None) | Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, who, consequence, "fell behind the event stream");
+                    continue;
+                }
+            };
+            if let Some(v1::session_event::Kind::Closed(closed)) = &event.kind {
+                on_closed(&event.session_id, closed);
+            }
+        }
+    }
+
     /// Ends every watcher's stream after the events already published.
     pub fn close(&self) {
         let _ = self.tx.send(None);

@@ -97,6 +97,13 @@ pub struct DirectionStats {
     pub last_activity_us: u64,
 }
 
+impl DirectionStats {
+    /// The RTCP or the RTP counters.
+    pub fn kind_mut(&mut self, rtcp: bool) -> &mut PacketCounters {
+        if rtcp { &mut self.rtcp } else { &mut self.rtp }
+    }
+}
+
 /// Time packets spent inside the relay in one direction: from the kernel's receive timestamp to
 /// the completion of their send, as a log-linear histogram with hdrhistogram's bucketing at one
 /// significant digit (values below 32 us exact, then 16 buckets per power of two: about 3%

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtprelay_proto::v1;
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
@@ -67,28 +66,18 @@ impl Notifier {
     /// Follows session events: a session closed for "timeout" notifies its target; any other
     /// close just forgets it. Ends when the event hub closes.
     pub async fn run(self: Arc<Self>, hub: EventHub) {
-        let mut rx = hub.subscribe();
-        loop {
-            let event = match rx.recv().await {
-                Ok(Some(e)) => e,
-                Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(
-                        missed = n,
-                        "notifier fell behind the event stream; some timeouts may go unreported"
-                    );
-                    continue;
+        hub.follow_closed(
+            "rtpproxy notifier",
+            "some timeouts may go unreported",
+            |id, closed| {
+                let created = closed.session.as_ref().map_or(0, |s| s.created_unix_us);
+                let Some(target) = self.take(id, created) else {
+                    return;
+                };
+                if closed.reason != "timeout" {
+                    return;
                 }
-            };
-            let Some(v1::session_event::Kind::Closed(closed)) = &event.kind else {
-                continue;
-            };
-            let created = closed.session.as_ref().map_or(0, |s| s.created_unix_us);
-            let Some(target) = self.take(&event.session_id, created) else {
-                continue;
-            };
-            if closed.reason == "timeout" {
-                let session = event.session_id.clone();
+                let session = id.to_owned();
                 tokio::spawn(async move {
                     match send(&target).await {
                         Ok(()) => {
@@ -99,8 +88,9 @@ impl Notifier {
                         }
                     }
                 });
-            }
-        }
+            },
+        )
+        .await;
     }
 }
 

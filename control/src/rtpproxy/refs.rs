@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rtprelay_proto::v1;
 use tracing::warn;
 
 use crate::events::EventHub;
@@ -168,24 +167,15 @@ impl RefTable {
 
     /// Follows session events and forgets every closed stream. Ends when the hub closes.
     pub async fn run(self: Arc<Self>, hub: EventHub) {
-        let mut rx = hub.subscribe();
-        loop {
-            let event = match rx.recv().await {
-                Ok(Some(e)) => e,
-                Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(
-                        missed = n,
-                        "reference table fell behind the event stream; entries of closed streams may linger"
-                    );
-                    continue;
-                }
-            };
-            if let Some(v1::session_event::Kind::Closed(closed)) = &event.kind {
+        hub.follow_closed(
+            "rtpproxy reference table",
+            "entries of closed streams may linger",
+            |id, closed| {
                 let created = closed.session.as_ref().map_or(0, |s| s.created_unix_us);
-                self.forget(&event.session_id, created);
-            }
-        }
+                self.forget(id, created);
+            },
+        )
+        .await;
     }
 }
 

@@ -160,19 +160,12 @@ impl UdpRelay {
                 verdict = Verdict::Drop(DropReason::NotRtp);
             }
         }
-        let stats = match leg {
-            Leg::ListenRtp | Leg::ListenRtcp => &mut self.forward,
-            Leg::OutRtp | Leg::OutRtcp => &mut self.reverse,
-        };
+        let stats = self.direction_mut(leg);
         if stats.first_activity_us == 0 {
             stats.first_activity_us = now_us;
         }
         stats.last_activity_us = now_us;
-        let counters = if leg.is_rtcp() {
-            &mut stats.rtcp
-        } else {
-            &mut stats.rtp
-        };
+        let counters = stats.kind_mut(leg.is_rtcp());
         counters.received(len);
         if let Verdict::Drop(reason) = verdict {
             counters.dropped(reason);
@@ -183,16 +176,17 @@ impl UdpRelay {
     /// Turns a packet [`UdpRelay::on_receive`] wanted sent into a drop because it waited too
     /// long in the kernel before the shard got to it; it was received, counted and looked at.
     pub fn drop_late(&mut self, leg: Leg) {
-        let stats = match leg {
+        self.direction_mut(leg)
+            .kind_mut(leg.is_rtcp())
+            .dropped(DropReason::Late);
+    }
+
+    /// The statistics of the direction a packet received on `leg` travels.
+    fn direction_mut(&mut self, leg: Leg) -> &mut DirectionStats {
+        match leg {
             Leg::ListenRtp | Leg::ListenRtcp => &mut self.forward,
             Leg::OutRtp | Leg::OutRtcp => &mut self.reverse,
-        };
-        let counters = if leg.is_rtcp() {
-            &mut stats.rtcp
-        } else {
-            &mut stats.rtp
-        };
-        counters.dropped(DropReason::Late);
+        }
     }
 
     fn route(&mut self, leg: Leg, from: SocketAddr) -> Verdict {
