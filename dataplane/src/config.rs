@@ -89,7 +89,7 @@ impl DataplaneConfig {
             port_range,
             uring: UringConfig::default(),
             preempt: Duration::from_millis(2),
-            budget: 64,
+            budget: 256,
             batch: BatchWait::default(),
             tick: Duration::from_millis(100),
             sockets: SocketOptions::default(),
