@@ -6,6 +6,8 @@
 //! rate is measured over short windows of wall-clock time, so the decision follows the load
 //! within a millisecond either way.
 
+use std::time::Duration;
+
 /// Length of one rate-measurement window, in microseconds.
 const WINDOW_US: u64 = 1_000;
 
@@ -42,6 +44,60 @@ impl BatchGate {
         }
         // An empty pass means the last wait ended without traffic: sleep until some arrives.
         self.batching && packets > 0
+    }
+}
+
+/// How long a sleep through the executor may last before the shard looks at its ring anyway,
+/// for deferred task work, where a wake-up through the ring's eventfd was seen to go missing
+/// (see `DEFER_SLEEP_CHECK` in the shard module). Starts at `base` after any activity and doubles
+/// up to `max` while the checks find nothing, so an idle shard wakes rarely; counts the misses
+/// a check does find.
+#[derive(Debug, Clone)]
+pub(crate) struct SleepCheck {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+    /// The last sleep ended by the check, not by a wake-up.
+    checked: bool,
+    missed: u64,
+}
+
+impl SleepCheck {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            next: base,
+            checked: false,
+            missed: 0,
+        }
+    }
+
+    /// The longest the next sleep may last.
+    pub(crate) fn limit(&self) -> Duration {
+        self.next
+    }
+
+    /// The last sleep ended because `limit` passed.
+    pub(crate) fn timed_out(&mut self) {
+        self.checked = true;
+    }
+
+    /// Records a pass that handled `completions`. Returns the total of missed wake-ups when
+    /// this pass found one (completions were waiting when a check, not a wake-up, ended the
+    /// sleep).
+    pub(crate) fn on_pass(&mut self, completions: usize) -> Option<u64> {
+        let checked = std::mem::take(&mut self.checked);
+        if completions > 0 {
+            self.next = self.base;
+            if checked {
+                self.missed += 1;
+                return Some(self.missed);
+            }
+        } else if checked {
+            self.next = (self.next * 2).min(self.max);
+        }
+        None
     }
 }
 
@@ -99,6 +155,24 @@ mod tests {
             !gate.on_pass(1, 1_000_000),
             "one packet after a second idle is no stream"
         );
+    }
+
+    #[test]
+    fn sleep_checks_back_off_while_idle_and_count_misses() {
+        let ms = Duration::from_millis;
+        let mut c = SleepCheck::new(ms(10), ms(40));
+        assert_eq!(c.on_pass(3), None, "a wake-up is no miss");
+        for want in [20, 40, 40] {
+            c.timed_out();
+            assert_eq!(c.on_pass(0), None);
+            assert_eq!(c.limit(), ms(want));
+        }
+        c.timed_out();
+        assert_eq!(c.on_pass(2), Some(1), "work found by a check is a miss");
+        assert_eq!(c.limit(), ms(10), "activity restarts the short interval");
+        c.timed_out();
+        assert_eq!(c.on_pass(1), Some(2));
+        assert_eq!(c.on_pass(1), None, "only right after a check");
     }
 
     #[test]

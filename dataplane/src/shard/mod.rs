@@ -31,7 +31,7 @@ use crate::event::EventSink;
 use crate::io::uring::{TaskRun, UringIo};
 use crate::io::{MediaIo, Pass};
 use crate::time::unix_now_us;
-use batch::BatchGate;
+use batch::{BatchGate, SleepCheck};
 use table::SessionTable;
 
 /// The control plane's way into one shard. Cheap to clone.
@@ -374,8 +374,7 @@ async fn media_loop(
     let mono_us = || epoch.elapsed().as_micros() as u64;
     let mut gate = BatchGate::new(batch.min_rate_pps, mono_us());
     let mut last_packet_us = 0;
-    let (mut check_after_sleep, mut missed_wakeups) = (false, 0u64);
-    let mut next_check = sleep_check;
+    let mut check = sleep_check.map(|base| SleepCheck::new(base, DEFER_SLEEP_CHECK_MAX));
     loop {
         let (pass, done) = {
             let mut s = shard.borrow_mut();
@@ -393,19 +392,13 @@ async fn media_loop(
         if pass.packets > 0 {
             last_packet_us = now_us;
         }
-        if pass.completions > 0 {
-            next_check = sleep_check;
-        } else if check_after_sleep {
-            next_check = next_check.map(|d| (d * 2).min(DEFER_SLEEP_CHECK_MAX));
-        }
-        if std::mem::take(&mut check_after_sleep) && pass.completions > 0 {
-            missed_wakeups += 1;
-            if missed_wakeups % 1000 == 1 {
-                warn!(
-                    missed_wakeups,
-                    "completions were waiting without a wake-up; found by the periodic check"
-                );
-            }
+        if let Some(missed_wakeups) = check.as_mut().and_then(|c| c.on_pass(pass.completions))
+            && missed_wakeups % 1000 == 1
+        {
+            warn!(
+                missed_wakeups,
+                "completions were waiting without a wake-up; found by the periodic check"
+            );
         }
         let batch_next = batch.packets > 0 && gate.on_pass(pass.packets, now_us);
         if pass.watched {
@@ -443,13 +436,17 @@ async fn media_loop(
         });
         if sleep {
             let read = wake.read_at(0, 8);
-            let woken = match next_check {
-                Some(limit) => glommio::timer::timeout(limit, read).await,
+            let woken = match &check {
+                Some(c) => glommio::timer::timeout(c.limit(), read).await,
                 None => read.await,
             };
             match woken {
                 Ok(_) => {}
-                Err(glommio::GlommioError::TimedOut(_)) => check_after_sleep = true,
+                Err(glommio::GlommioError::TimedOut(_)) => {
+                    if let Some(c) = check.as_mut() {
+                        c.timed_out();
+                    }
+                }
                 Err(e) => error!(error = %e, "reading the ring eventfd failed"),
             }
             shard.borrow_mut().io.woke();
