@@ -466,3 +466,40 @@ async fn an_idle_relay_uses_no_cpu_and_answers_within_milliseconds() {
     );
     assert!(p50 < Duration::from_millis(5), "p50 round trip {p50:?}");
 }
+
+/// A packet reaching a sleeping shard right after a control command is relayed at once. A
+/// doorbell made of an eventfd broke this with deferred task work: from the second command on,
+/// the ring's wake-up signal was lost, and packets waited for the shard's periodic check
+/// (10 ms to 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_wakes_a_sleeping_shard_at_once_after_commands() {
+    let (_relay, mut client) = Relay::start(1, &[]).await;
+    let sink = udp(0);
+    let info = create(
+        &mut client,
+        create_req("after-cmd", 0, 0, sink.local_addr().unwrap()),
+    )
+    .await;
+    let listen = addr_of(&info.listen);
+    let phone = udp(0);
+    let mut buf = [0u8; 2048];
+    let mut delays = Vec::new();
+    for seq in 0..12u16 {
+        // Longer than the shard lingers on its ring after traffic (10 ms): it sleeps now.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        status(&mut client, "after-cmd").await;
+        let sent = std::time::Instant::now();
+        phone
+            .send_to(&rtp(0, seq, u32::from(seq) * 160, 9, 160), listen)
+            .unwrap();
+        sink.recv_from(&mut buf).expect("relayed packet");
+        delays.push(sent.elapsed());
+    }
+    delays.sort();
+    let median = delays[delays.len() / 2];
+    eprintln!(
+        "one packet to a sleeping shard after a command: median {median:?}, max {:?}",
+        delays[delays.len() - 1]
+    );
+    assert!(median < Duration::from_millis(5), "median delay {median:?}");
+}

@@ -103,8 +103,9 @@ pub trait MediaIo {
     /// Makes the wake-up descriptor ([`MediaIo::wake_fd`]) fire on the next completion. Returns
     /// `false` if completions are already waiting, in which case the caller must not sleep.
     fn prepare_sleep(&mut self) -> io::Result<bool>;
-    /// Also ends waits (see [`Pass::watched`]) when `fd` becomes readable: the shard's command
-    /// eventfd, so a shard waiting on its ring still answers commands at once.
+    /// Also ends waits (see [`Pass::watched`]) when `fd` becomes readable: the shard's doorbell,
+    /// so a shard waiting on its ring still answers commands at once. Must not be an eventfd
+    /// with deferred task work (see the shard's doorbell module).
     fn watch(&mut self, fd: RawFd) -> io::Result<()>;
     /// Called after waking, before processing, to stop completions from signalling the wake-up
     /// descriptor while the shard is busy anyway.

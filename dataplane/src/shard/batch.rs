@@ -48,8 +48,8 @@ impl BatchGate {
 }
 
 /// How long a sleep through the executor may last before the shard looks at its ring anyway,
-/// for deferred task work, where a wake-up through the ring's eventfd was seen to go missing
-/// (see `DEFER_SLEEP_CHECK` in the shard module). Starts at `base` after any activity and doubles
+/// for deferred task work, where a lost wake-up through the ring's eventfd would leave the shard
+/// asleep with packets waiting (see `DEFER_SLEEP_CHECK` in the shard module). Starts at `base` after any activity and doubles
 /// up to `max` while the checks find nothing, so an idle shard wakes rarely; counts the misses
 /// a check does find.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! A shard: one thread pinned to one core, running a glommio executor with two tasks.
 //!
-//! - The control task sleeps on an eventfd read (through glommio, so an idle shard costs no CPU)
-//!   and, when woken, drains the shard's command channel.
+//! - The control task sleeps on a read of the shard's [`doorbell`] (through glommio, so an idle
+//!   shard costs no CPU) and, when woken, drains the shard's command channel.
 //! - The media task drives the shard's [`UringIo`]: it handles completions in passes of at most
 //!   `budget`, yields to glommio when its preemption timer says so (so timers and commands are
 //!   never starved under overload), waits in the kernel for the next batch while traffic is
@@ -11,6 +11,7 @@
 //! of one executor at once and neither holds the borrow across an await, so no lock exists.
 
 mod batch;
+mod doorbell;
 mod fork;
 mod table;
 
@@ -39,6 +40,7 @@ use table::SessionTable;
 pub struct ShardHandle {
     index: usize,
     tx: Sender<Command>,
+    /// The write end of the shard's doorbell.
     wake: Arc<OwnedFd>,
 }
 
@@ -66,25 +68,11 @@ impl ShardHandle {
     /// Queues `cmd` and wakes the shard.
     pub fn send(&self, cmd: Command) -> Result<(), ShardGone> {
         self.tx.send(cmd).map_err(|_| ShardGone(self.index))?;
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-        let n = unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
-        if n != 8 {
-            warn!(shard = self.index, error = %std::io::Error::last_os_error(), "waking a shard failed");
+        if let Err(e) = doorbell::ring(self.wake.as_raw_fd()) {
+            warn!(shard = self.index, error = %e, "waking a shard failed");
         }
         Ok(())
     }
-}
-
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: no preconditions; checked below. Blocking on purpose: glommio reads it through its
-    // ring, and a non-blocking eventfd would complete that read at once with EAGAIN.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is fresh and owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A glommio file over a duplicate of `fd`, so glommio may close its copy when done.
@@ -117,10 +105,11 @@ pub(crate) fn spawn(
         what,
         source,
     };
-    let wake = Arc::new(eventfd().map_err(|e| fail("eventfd", e))?);
+    let bell = doorbell::Doorbell::new().map_err(|e| fail("doorbell", e))?;
+    let wake = Arc::new(bell.write);
     let (tx, rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let shard_wake = wake.clone();
+    let shard_wake = bell.read;
     let thread = std::thread::Builder::new()
         .name(format!("rtprelay-shard-{index}"))
         .spawn(move || run(index, core, config, events, rx, shard_wake, ready_tx))
@@ -147,7 +136,7 @@ fn run(
     config: Arc<DataplaneConfig>,
     events: Arc<dyn EventSink>,
     rx: Receiver<Command>,
-    wake: Arc<OwnedFd>,
+    wake: OwnedFd,
     ready: Ready,
 ) {
     let fail = |what, source| StartError::Shard {
@@ -257,8 +246,8 @@ async fn control_loop(
     wake: &BufferedFile,
 ) -> Option<Reply<()>> {
     loop {
-        if let Err(e) = wake.read_at(0, 8).await {
-            error!(error = %e, "reading the command eventfd failed");
+        if let Err(e) = wake.read_at(0, doorbell::READ_LEN).await {
+            error!(error = %e, "reading the shard's doorbell failed");
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         loop {
@@ -349,13 +338,13 @@ async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
     }
 }
 
-/// Longest sleep through the executor with deferred task work. A wake-up through the ring's
-/// eventfd was seen to go missing in that mode (a socket's packets then waited in its queue
-/// until something else woke the shard; tests/faults.rs, ICMP errors on the outbound socket):
-/// the kernel signals the eventfd only when deferred work goes from none to some. Looking again
-/// after this long bounds the delay such a loss can cause. Misses follow activity, so each check
-/// that finds nothing doubles the next interval up to [`DEFER_SLEEP_CHECK_MAX`]: an idle shard
-/// wakes about once a second.
+/// Longest sleep through the executor with deferred task work. With it, the ring signals its
+/// eventfd only when deferred work goes from none to some, so one lost signal leaves work
+/// pending and silences every later one: the shard would sleep with packets waiting. The one
+/// cause seen (a nested eventfd signal, see [`doorbell`]) is avoided, but the failure is silent
+/// and costly, so the shard still looks at its ring after this long and logs each miss it
+/// finds. Each check that finds nothing doubles the next interval up to
+/// [`DEFER_SLEEP_CHECK_MAX`]: an idle shard wakes about once a second.
 const DEFER_SLEEP_CHECK: Duration = Duration::from_millis(10);
 const DEFER_SLEEP_CHECK_MAX: Duration = Duration::from_secs(1);
 
