@@ -15,6 +15,7 @@ pub mod sender;
 pub mod sink;
 pub mod sys;
 pub mod targets;
+pub mod uring_forward;
 
 /// Line the load generator writes to stderr right before its first packet, so the orchestrator
 /// can start measuring the relay's CPU time exactly over the sending window.

@@ -11,6 +11,9 @@
 //! RTP relay carrying both directions of a call: the inbound socket is connected to the source
 //! too, and what the destination sends back to the outbound socket leaves from the inbound one.
 //! Runs until SIGINT/SIGTERM or `--seconds`; prints its counters to stderr.
+//!
+//! `--engine uring` swaps the epoll loop for a bare io_uring one (see
+//! `rtprelay_benches::uring_forward`): the best a user-space relay built like rtprelay could do.
 
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -53,6 +56,15 @@ struct Args {
     /// Pin the forwarding thread to this core.
     #[arg(long)]
     core: Option<usize>,
+    /// The forwarding loop: epoll + recvmmsg/sendmmsg, or bare io_uring.
+    #[arg(long, value_enum, default_value_t = Engine::Epoll)]
+    engine: Engine,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Engine {
+    Epoll,
+    Uring,
 }
 
 /// One relayed flow: packets read from `inbound` leave through `outbound`, connected to its
@@ -87,6 +99,9 @@ fn main() -> Result<()> {
         None => None,
     };
     let flows = open_flows(&args, &dests, sources.as_deref())?;
+    if let Engine::Uring = args.engine {
+        return forward_uring(&flows, sources.is_some(), args.seconds);
+    }
     let epoll = Epoll::new().context("epoll_create1")?;
     // Token 2i: flow i's inbound socket (forward); 2i + 1: its outbound socket (replies).
     for (i, flow) in flows.iter().enumerate() {
@@ -114,6 +129,36 @@ fn main() -> Result<()> {
         counters.relayed,
         counters.dropped,
         counters.truncated
+    );
+    Ok(())
+}
+
+fn forward_uring(flows: &[Flow], symmetric: bool, seconds: u64) -> Result<()> {
+    // Socket 2i: flow i's inbound socket; 2i + 1: its outbound one.
+    let sockets: Vec<_> = flows
+        .iter()
+        .flat_map(|f| [f.inbound.as_raw_fd(), f.outbound.as_raw_fd()])
+        .collect();
+    let mut routes = Vec::new();
+    for i in 0..flows.len() as u32 {
+        routes.push((2 * i, 2 * i + 1));
+        if symmetric {
+            routes.push((2 * i + 1, 2 * i));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", rtprelay_benches::MARK_READY)?;
+    out.flush()?;
+    drop(out);
+    let deadline = (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds));
+    let c =
+        rtprelay_benches::uring_forward::forward(&sockets, &routes, deadline, sys::stop_requested)?;
+    eprintln!(
+        "ref-forwarder (io_uring): flows={} received={} relayed={} dropped={}",
+        flows.len(),
+        c.received,
+        c.relayed,
+        c.dropped
     );
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! mechanism, so another implementation (e.g. `recvmmsg`/`sendmmsg` for kernels without
 //! io_uring) can be slotted in.
 
-mod bufring;
+pub mod bufring;
 pub mod cmsg;
 pub mod uring;
 

@@ -36,7 +36,8 @@ const MAX_FLOWS: usize = 2000;
 #[derive(Parser, Debug)]
 #[command(about = "Relay CPU per packet: reference recvmmsg forwarder vs rtprelay")]
 struct Args {
-    /// Variants to compare: `ref` and/or `rtprelay-N` (N shards). The first is the baseline.
+    /// Variants to compare: `ref` (epoll), `ref-uring` (bare io_uring) and/or `rtprelay-N` (N
+    /// shards). The first is the baseline.
     #[arg(long, value_delimiter = ',', default_value = "ref,rtprelay-1")]
     variants: Vec<String>,
     /// Flow counts (one case each).
@@ -84,17 +85,24 @@ struct Args {
 
 #[derive(Debug, Clone, Copy)]
 enum Variant {
+    /// ref-forwarder with epoll + recvmmsg/sendmmsg.
     Ref,
-    Relay { shards: u32 },
+    /// ref-forwarder with its bare io_uring loop.
+    RefUring,
+    Relay {
+        shards: u32,
+    },
 }
 
 fn parse_variant(name: &str) -> Result<Variant> {
-    if name == "ref" {
-        return Ok(Variant::Ref);
+    match name {
+        "ref" => return Ok(Variant::Ref),
+        "ref-uring" => return Ok(Variant::RefUring),
+        _ => {}
     }
     match name.strip_prefix("rtprelay-").map(str::parse::<u32>) {
         Some(Ok(shards)) if shards >= 1 => Ok(Variant::Relay { shards }),
-        _ => bail!("unknown variant {name:?} (expected `ref` or `rtprelay-N`)"),
+        _ => bail!("unknown variant {name:?} (expected `ref`, `ref-uring` or `rtprelay-N`)"),
     }
 }
 
@@ -270,9 +278,12 @@ fn loopback(port: u16) -> SocketAddr {
 fn run_trial(ctx: &Ctx, variant: Variant, flows: usize, trial: usize) -> Result<Measured> {
     let sinks: Vec<SocketAddr> = (0..flows).map(|i| loopback(port(SINK_BASE, i))).collect();
     match variant {
-        Variant::Ref => {
+        Variant::Ref | Variant::RefUring => {
             let a = &ctx.args;
             let mut cmd = Command::new(ctx.bin_dir.join("ref-forwarder"));
+            if let Variant::RefUring = variant {
+                cmd.args(["--engine", "uring"]);
+            }
             cmd.args(["--listen", "127.0.0.1", "--connect", "127.0.0.1"])
                 .args([
                     "--base-port",

@@ -1,0 +1,122 @@
+//! The bare io_uring forwarding loop of `ref-forwarder --engine uring`: the lower bound the
+//! issue's bar was set against, measured in the same harness as the relay.
+//!
+//! One thread, one ring with deferred task work; a multishot receive on every socket from one
+//! provided-buffer ring (4096 x 2 KiB); one send per packet on the connected peer socket, by
+//! registered file; and one `io_uring_enter` per wake-up that both submits the sends and waits
+//! for the next completion. No session lookup, statistics or timestamps: whatever rtprelay costs
+//! above this is its own overhead.
+
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use rtprelay_dataplane::io::bufring::BufRing;
+
+/// Counters of one run, as the epoll engine keeps them.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub received: u64,
+    pub relayed: u64,
+    pub dropped: u64,
+}
+
+const BUFFERS: u16 = 4096;
+const BUF_LEN: u32 = 2048;
+const GROUP: u16 = 0;
+/// user_data: bit 63 set = a send of buffer `low 16 bits`; clear = a receive of route `low 32`.
+const SEND: u64 = 1 << 63;
+
+/// Relays until `stop()` says so or `deadline` passes. Each route `(from, to)` names two of
+/// `sockets` by index: what arrives on `from` leaves through `to`, which must be connected.
+pub fn forward(
+    sockets: &[RawFd],
+    routes: &[(u32, u32)],
+    deadline: Option<Instant>,
+    stop: impl Fn() -> bool,
+) -> Result<Counts> {
+    // Declared first so it is dropped last: the ring may point into it until the ring is gone.
+    let mut bufs = BufRing::new(BUFFERS, BUF_LEN).context("buffer ring")?;
+    let mut ring: IoUring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(u32::from(BUFFERS) * 4)
+        .build(4096)
+        .context("io_uring")?;
+    // SAFETY: the buffer ring's memory outlives the io_uring (dropped after it, see the end).
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), GROUP, 0)
+            .context("register buffer ring")?;
+    }
+    ring.submitter()
+        .register_files(sockets)
+        .context("register files")?;
+    let recv = |route: u32| -> squeue::Entry {
+        opcode::RecvMulti::new(types::Fixed(routes[route as usize].0), GROUP)
+            .build()
+            .user_data(u64::from(route))
+    };
+    for i in 0..routes.len() as u32 {
+        // SAFETY: the entry refers to registered files and the registered buffer group only.
+        unsafe { ring.submission().push(&recv(i)) }.map_err(|_| anyhow::anyhow!("SQ full"))?;
+    }
+    ring.submit().context("arm receives")?;
+
+    let mut c = Counts::default();
+    let ts = types::Timespec::from(Duration::from_millis(100));
+    let args = types::SubmitArgs::new().timespec(&ts);
+    while !stop() && deadline.is_none_or(|d| Instant::now() < d) {
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+            Err(e) => return Err(e).context("io_uring_enter"),
+        }
+        let (submitter, mut sq, mut cq) = ring.split();
+        cq.sync();
+        for cqe in &mut cq {
+            let data = cqe.user_data();
+            if data & SEND != 0 {
+                if cqe.result() >= 0 {
+                    c.relayed += 1;
+                } else {
+                    c.dropped += 1;
+                }
+                bufs.push(data as u16);
+                continue;
+            }
+            let i = data as u32;
+            if !cqueue::more(cqe.flags()) {
+                push(&submitter, &mut sq, &recv(i))?;
+            }
+            let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
+                continue; // an error (e.g. ENOBUFS under backlog): re-armed above
+            };
+            c.received += 1;
+            let len = cqe.result().max(0) as u32;
+            let send = opcode::Send::new(types::Fixed(routes[i as usize].1), bufs.addr(bid), len)
+                .build()
+                .user_data(SEND | u64::from(bid));
+            push(&submitter, &mut sq, &send)?;
+        }
+        bufs.publish();
+    }
+    Ok(c)
+}
+
+fn push(
+    submitter: &io_uring::Submitter<'_>,
+    sq: &mut io_uring::SubmissionQueue<'_>,
+    entry: &squeue::Entry,
+) -> Result<()> {
+    loop {
+        // SAFETY: the entries point into the buffer ring, which outlives the io_uring.
+        if unsafe { sq.push(entry) }.is_ok() {
+            return Ok(());
+        }
+        sq.sync();
+        submitter.submit().context("submit")?;
+        sq.sync();
+    }
+}
