@@ -87,8 +87,10 @@ pub trait MediaIo {
     /// Stops receiving on `token`. [`PacketHandler::on_socket_released`] follows from a later
     /// [`MediaIo::process`]; the token must not be reused before that.
     fn remove_socket(&mut self, token: Token);
-    /// Handles up to `budget` completions, submits the resulting sends in one batch and says
-    /// how many completions and packets it handled.
+    /// Handles up to `budget` completions and says how many completions and packets it
+    /// handled. The resulting sends are queued, not submitted: they go out with the next
+    /// [`MediaIo::wait_batch`], [`MediaIo::prepare_sleep`] or [`MediaIo::flush`], so a wake-up
+    /// costs one system call that both sends and waits.
     fn process(&mut self, handler: &mut dyn PacketHandler, budget: usize) -> io::Result<Pass>;
     /// Blocks the thread in the kernel until `packets` more datagrams have arrived, or
     /// `min_wait` has passed and at least one has, or `max_wait` has passed. Under steady
@@ -107,6 +109,9 @@ pub trait MediaIo {
     /// so a shard waiting on its ring still answers commands at once. Must not be an eventfd
     /// with deferred task work (see the shard's doorbell module).
     fn watch(&mut self, fd: RawFd) -> io::Result<()>;
+    /// Submits what [`MediaIo::process`] queued. Needed before the shard awaits anything but
+    /// its own ring (a timer, another task), or the sends would wait with it.
+    fn flush(&mut self) -> io::Result<()>;
     /// Called after waking, before processing, to stop completions from signalling the wake-up
     /// descriptor while the shard is busy anyway.
     fn woke(&mut self);

@@ -141,6 +141,9 @@ pub struct UringIo {
     watched: Option<RawFd>,
     /// Completion work is deferred until asked for ([`TaskRun::Defer`]).
     defer: bool,
+    /// Queued entries that complete while being submitted (sends, copies, error-queue reads):
+    /// a wait that also submits them must not count their completions as arrivals.
+    queued_inline: usize,
 }
 
 /// Everything the kernel may read or write on the ring's behalf, and the per-socket receive
@@ -249,6 +252,7 @@ impl UringIo {
             min_timeout,
             watched: None,
             defer: cfg.task_run == TaskRun::Defer,
+            queued_inline: 0,
         };
         this.ring.completion().disable_eventfd();
         Ok(this)
@@ -378,71 +382,63 @@ impl MediaIo for UringIo {
         let fallback_us = unix_now_us();
         let (submitter, mut sq, mut cq) = self.ring.split();
         let mut pass = Pass::default();
-        loop {
-            let mut sends = 0;
-            while pass.completions < budget {
-                let Some(cqe) = cq.next() else { break };
-                pass.completions += 1;
-                match cqe.user_data() & KIND_MASK {
-                    KIND_RECV => {
-                        if cqueue::buffer_select(cqe.flags()).is_some() {
-                            pass.packets += 1;
-                        }
-                        if let Some(send) = self.st.on_recv(&cqe, handler, fallback_us) {
-                            if let Some(copy_via) = send.copy_via {
-                                push_split(
-                                    &submitter,
-                                    &mut sq,
-                                    &self.st.copy_entry(copy_via, send.bid),
-                                )?;
-                            }
-                            push_split(&submitter, &mut sq, &self.st.send_entry(send))?;
-                            sends += 1;
-                        }
+        let mut inline = 0;
+        while pass.completions < budget {
+            let Some(cqe) = cq.next() else { break };
+            pass.completions += 1;
+            match cqe.user_data() & KIND_MASK {
+                KIND_RECV => {
+                    if cqueue::buffer_select(cqe.flags()).is_some() {
+                        pass.packets += 1;
                     }
-                    KIND_SEND => self.st.on_send_done(&cqe, handler, false),
-                    KIND_COPY => self.st.on_send_done(&cqe, handler, true),
-                    KIND_ERRQ => {
-                        // A report was read: there may be more. Stops at EAGAIN.
-                        let token = (cqe.user_data() & 0xffff_ffff) as Token;
-                        if cqe.result() >= 0
-                            && self.st.sockets.get(token as usize) == Some(&RecvState::Armed)
-                        {
-                            self.st.errq.push(token);
+                    if let Some(send) = self.st.on_recv(&cqe, handler, fallback_us) {
+                        if let Some(copy_via) = send.copy_via {
+                            push_split(
+                                &submitter,
+                                &mut sq,
+                                &self.st.copy_entry(copy_via, send.bid),
+                            )?;
+                            inline += 1;
                         }
+                        push_split(&submitter, &mut sq, &self.st.send_entry(send))?;
+                        inline += 1;
                     }
-                    KIND_WATCH => {
-                        pass.watched = true;
-                        if let (Some(fd), false) = (self.watched, cqueue::more(cqe.flags())) {
-                            push_split(&submitter, &mut sq, &watch_entry(fd))?;
-                        }
-                    }
-                    _ => {} // cancellations and nudges carry no work
                 }
-            }
-            cq.sync();
-            for token in std::mem::take(&mut self.st.rearm) {
-                if self.st.sockets[token as usize] == RecvState::Rearm {
-                    push_split(&submitter, &mut sq, &self.st.recv_entry(token))?;
-                    self.st.sockets[token as usize] = RecvState::Armed;
+                KIND_SEND => self.st.on_send_done(&cqe, handler, false),
+                KIND_COPY => self.st.on_send_done(&cqe, handler, true),
+                KIND_ERRQ => {
+                    // A report was read: there may be more. Stops at EAGAIN.
+                    let token = (cqe.user_data() & 0xffff_ffff) as Token;
+                    if cqe.result() >= 0
+                        && self.st.sockets.get(token as usize) == Some(&RecvState::Armed)
+                    {
+                        self.st.errq.push(token);
+                    }
                 }
+                KIND_WATCH => {
+                    pass.watched = true;
+                    if let (Some(fd), false) = (self.watched, cqueue::more(cqe.flags())) {
+                        push_split(&submitter, &mut sq, &watch_entry(fd))?;
+                    }
+                }
+                _ => {} // cancellations and nudges carry no work
             }
-            for token in std::mem::take(&mut self.st.errq) {
-                push_split(&submitter, &mut sq, &self.st.errq_entry(token))?;
-            }
-            self.st.bufs.publish();
-            sq.sync();
-            if !sq.is_empty() || sq.taskrun() {
-                submitter.submit()?;
-                sq.sync();
-            }
-            // Non-blocking sends complete while being submitted: reap them in this pass, so
-            // their buffers return to the ring before the shard waits or sleeps.
-            if sends == 0 || pass.completions >= budget {
-                return Ok(pass);
-            }
-            cq.sync();
         }
+        cq.sync();
+        for token in std::mem::take(&mut self.st.rearm) {
+            if self.st.sockets[token as usize] == RecvState::Rearm {
+                push_split(&submitter, &mut sq, &self.st.recv_entry(token))?;
+                self.st.sockets[token as usize] = RecvState::Armed;
+            }
+        }
+        for token in std::mem::take(&mut self.st.errq) {
+            push_split(&submitter, &mut sq, &self.st.errq_entry(token))?;
+            inline += 1;
+        }
+        self.st.bufs.publish();
+        sq.sync();
+        self.queued_inline += inline;
+        Ok(pass)
     }
 
     fn wait_batch(
@@ -451,8 +447,10 @@ impl MediaIo for UringIo {
         min_wait: Duration,
         max_wait: Duration,
     ) -> io::Result<()> {
-        // Completions already posted (e.g. of sends) do not count towards the batch.
-        let want = self.ring.completion().len() + packets;
+        // Completions already posted, and those of the sends this enter submits, do not count
+        // towards the batch. (If something else submitted the sends meanwhile, the wait asks
+        // for that many packets too many: it ends by its timeout, which bounds the cost.)
+        let want = self.ring.completion().len() + std::mem::take(&mut self.queued_inline) + packets;
         let ts = types::Timespec::from(max_wait);
         let mut args = types::SubmitArgs::new().timespec(&ts);
         if self.min_timeout && !min_wait.is_zero() {
@@ -467,6 +465,7 @@ impl MediaIo for UringIo {
 
     fn prepare_sleep(&mut self) -> io::Result<bool> {
         self.st.bufs.publish();
+        self.queued_inline = 0;
         self.ring.completion().enable_eventfd();
         // Flushes anything queued and runs all deferred completion work. Order matters: with
         // deferred task work the eventfd fires only when such work goes from none to some, so
@@ -486,6 +485,14 @@ impl MediaIo for UringIo {
         self.watched = Some(fd);
         self.push(&watch_entry(fd))?;
         self.ring.submit()?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.queued_inline = 0;
+        if !self.ring.submission().is_empty() {
+            self.ring.submit()?;
+        }
         Ok(())
     }
 

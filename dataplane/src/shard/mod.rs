@@ -390,6 +390,12 @@ async fn media_loop(
             );
         }
         let batch_next = batch.packets > 0 && gate.on_pass(pass.packets, now_us);
+        if pass.watched || pass.completions >= budget {
+            // The sends of this pass must not wait while other tasks run.
+            if let Err(e) = shard.borrow_mut().io.flush() {
+                error!(error = %e, "submitting sends failed");
+            }
+        }
         if pass.watched {
             // A command arrived. The control task reads it through glommio, which looks at its
             // own I/O only between task slices: park briefly so it does that now, not at the
