@@ -26,10 +26,48 @@ pub struct Relay {
     pub log: PathBuf,
 }
 
-/// A free TCP port on loopback for the gRPC API.
+/// Ports handed out by [`free_tcp_port`] and [`free_udp_port`] so far in this test binary.
+static NEXT_SERVICE_PORT: AtomicU16 = AtomicU16::new(0);
+/// Relays started by this test binary, for unique log file names.
+static NEXT_RELAY: AtomicU16 = AtomicU16::new(0);
+
+/// A port for a service the relay will bind (gRPC, rtpproxy control), free when probed with
+/// `is_free`. Taken above the ephemeral range, so no socket bound to port 0 elsewhere in the
+/// test (a client, a peer) can grab it between the probe and the relay's own bind, and never
+/// the same one twice in one test binary: parallel tests got each other's ports otherwise.
+/// Falls back to an ephemeral port when the range leaves no room above it.
+fn service_port(is_free: impl Fn(u16) -> bool, ephemeral: impl Fn() -> u16) -> u16 {
+    let range_end = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+        .unwrap_or(60999);
+    let first = range_end + 1;
+    let span = 65535u32.saturating_sub(first);
+    if span < 1000 {
+        return ephemeral();
+    }
+    // Test binaries run one after another; starting each at its own offset keeps a port that
+    // the previous one left in TIME_WAIT from costing a probe.
+    let offset = std::process::id() % 8 * (span / 8);
+    for _ in 0..span {
+        let n = u32::from(NEXT_SERVICE_PORT.fetch_add(1, Ordering::SeqCst));
+        let port = (first + (offset + n) % span) as u16;
+        if is_free(port) {
+            return port;
+        }
+    }
+    panic!("no free port above the ephemeral range");
+}
+
+/// A free TCP port on loopback for the gRPC API (see [`service_port`]).
 fn free_tcp_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    service_port(
+        |p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok(),
+        || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+            l.local_addr().expect("local addr").port()
+        },
+    )
 }
 
 impl Relay {
@@ -50,8 +88,9 @@ impl Relay {
     ) -> (Relay, RelayClient<Channel>) {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!(
-            "rtprelay-test-{}-{}.log",
+            "rtprelay-test-{}-{}-{}.log",
             std::process::id(),
+            NEXT_RELAY.fetch_add(1, Ordering::SeqCst),
             grpc.port()
         ));
         let log_file = std::fs::File::create(&log).expect("create log file");
@@ -180,10 +219,15 @@ pub fn udp(port: u16) -> UdpSocket {
 
 /// An RTP/RTCP socket pair on an even port and port + 1, searched from `from` upwards.
 pub fn udp_pair(from: u16) -> (UdpSocket, UdpSocket) {
-    let mut port = from + from % 2;
+    let start = u32::from(from) + u32::from(from) % 2;
+    let mut port = start;
     loop {
-        if let Ok(rtp) = UdpSocket::bind(("127.0.0.1", port))
-            && let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1))
+        if port + 1 > 65535 {
+            // Wrapped: go on below the ephemeral range.
+            port = 20000;
+        }
+        if let Ok(rtp) = UdpSocket::bind(("127.0.0.1", port as u16))
+            && let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port as u16 + 1))
         {
             for s in [&rtp, &rtcp] {
                 s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -191,7 +235,7 @@ pub fn udp_pair(from: u16) -> (UdpSocket, UdpSocket) {
             return (rtp, rtcp);
         }
         port += 2;
-        assert!(port < 65000, "no free UDP pair");
+        assert!(port != start, "no free UDP pair");
     }
 }
 
@@ -248,13 +292,18 @@ pub fn rtcp_rr(reporter: u32, source: u32, lsr: u32, dlsr: u32) -> Vec<u8> {
     p
 }
 
-/// A free UDP port on loopback (bound and released at once).
+/// A free UDP port on loopback for a service the relay binds (see [`service_port`]).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    service_port(
+        |p| UdpSocket::bind(("127.0.0.1", p)).is_ok(),
+        || {
+            UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        },
+    )
 }
 
 /// GetSessionStatus of `id`, which must exist.
