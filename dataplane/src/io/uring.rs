@@ -1,12 +1,13 @@
 //! [`MediaIo`] on a shard-private io_uring.
 //!
 //! Every socket has one multishot `recvmsg` armed, drawing from one provided-buffer ring; a
-//! received buffer is sent on with `sendmsg` straight from where the kernel wrote it and goes back
-//! to the ring when that send completes. A forked packet (rtpproxy `C`) gets a second `sendmsg`
-//! from the same buffer, to the copy target; the buffer's send slot counts its pending sends and
-//! the buffer returns to the ring when the last one completes, so forking copies no bytes. Sockets sit in the ring's registered-file table (slot =
-//! token) so no per-operation file lookup is paid. All sends produced by one pass go to the
-//! kernel in one `io_uring_enter`.
+//! received buffer is sent on with a `send` carrying its destination address, straight from
+//! where the kernel wrote it, and goes back to the ring when that send completes. A forked
+//! packet (rtpproxy `C`) gets a second `send` from the same buffer, to the copy target; the
+//! buffer's send slot counts its pending sends and the buffer returns to the ring when the last
+//! one completes, so forking copies no bytes. Sockets sit in the ring's registered-file table
+//! (slot = token) so no per-operation file lookup is paid. The sends produced by one pass go to
+//! the kernel in the same `io_uring_enter` that waits for the next packets.
 //!
 //! Wake-ups: the ring signals an eventfd, which the shard awaits through glommio. The eventfd is
 //! disabled while the shard is busy (otherwise its own send completions would double the
@@ -99,15 +100,16 @@ const KIND_WATCH: u64 = 6 << KIND_SHIFT;
 const KIND_ERRQ: u64 = 7 << KIND_SHIFT;
 const KIND_MASK: u64 = 0xff << KIND_SHIFT;
 
-/// Memory the pending `sendmsg`s of one receive buffer point into; one per buffer. A buffer is
-/// in at most two sends at a time: its relay send and, when the session is forked, its copy.
-/// Both share the iovec (same bytes); each has its own header and destination.
+/// What the pending sends of one receive buffer need; one per buffer. A buffer is in at most
+/// two sends at a time: its relay send and, when the session is forked, its copy. Both send the
+/// same bytes, each to its own destination.
 struct SendSlot {
-    hdr: libc::msghdr,
-    iov: libc::iovec,
+    data: *const u8,
+    len: u32,
     addr: libc::sockaddr_in6,
-    copy_hdr: libc::msghdr,
+    addr_len: libc::socklen_t,
     copy_addr: libc::sockaddr_in6,
+    copy_addr_len: libc::socklen_t,
     tag: u64,
     /// The packet's arrival time (0 = unknown), for its residence time.
     arrival_us: u64,
@@ -220,15 +222,14 @@ impl UringIo {
 
         let sends = (0..cfg.buffers)
             .map(|_| SendSlot {
-                // SAFETY: all-zero msghdr/iovec/sockaddr_in6 are valid values.
-                hdr: unsafe { std::mem::zeroed() },
-                iov: libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
+                data: std::ptr::null(),
+                len: 0,
+                // SAFETY: an all-zero sockaddr_in6 is a valid value.
                 addr: unsafe { std::mem::zeroed() },
-                copy_hdr: unsafe { std::mem::zeroed() },
+                addr_len: 0,
+                // SAFETY: as above.
                 copy_addr: unsafe { std::mem::zeroed() },
+                copy_addr_len: 0,
                 tag: 0,
                 arrival_us: 0,
                 pending: 0,
@@ -568,17 +569,23 @@ impl Shared {
 
     fn send_entry(&self, send: PendingSend) -> squeue::Entry {
         let slot = &self.sends[usize::from(send.bid)];
-        opcode::SendMsg::new(types::Fixed(send.via), &raw const slot.hdr)
+        // A plain send with a destination address: unlike SendMsg, the kernel copies in neither
+        // a msghdr nor an iovec per packet.
+        opcode::Send::new(types::Fixed(send.via), slot.data, slot.len)
+            .dest_addr((&raw const slot.addr).cast())
+            .dest_addr_len(slot.addr_len)
             // Media is late if it waits: a full socket buffer drops (and counts) the packet.
-            .flags(libc::MSG_DONTWAIT as u32)
+            .flags(libc::MSG_DONTWAIT)
             .build()
             .user_data(KIND_SEND | u64::from(send.bid))
     }
 
     fn copy_entry(&self, via: Token, bid: u16) -> squeue::Entry {
         let slot = &self.sends[usize::from(bid)];
-        opcode::SendMsg::new(types::Fixed(via), &raw const slot.copy_hdr)
-            .flags(libc::MSG_DONTWAIT as u32)
+        opcode::Send::new(types::Fixed(via), slot.data, slot.len)
+            .dest_addr((&raw const slot.copy_addr).cast())
+            .dest_addr_len(slot.copy_addr_len)
+            .flags(libc::MSG_DONTWAIT)
             .build()
             .user_data(KIND_COPY | u64::from(bid))
     }
@@ -695,27 +702,14 @@ impl Shared {
 }
 
 fn fill_send_slot(slot: &mut SendSlot, to: &SocketAddr, tag: u64, ptr: *const u8, len: usize) {
-    let namelen = sockaddr::encode(to, &mut slot.addr);
-    slot.iov = libc::iovec {
-        iov_base: ptr.cast_mut().cast(),
-        iov_len: len,
-    };
-    slot.hdr.msg_name = (&raw mut slot.addr).cast();
-    slot.hdr.msg_namelen = namelen;
-    slot.hdr.msg_iov = &raw mut slot.iov;
-    slot.hdr.msg_iovlen = 1;
-    slot.hdr.msg_control = std::ptr::null_mut();
-    slot.hdr.msg_controllen = 0;
+    slot.addr_len = sockaddr::encode(to, &mut slot.addr);
+    slot.data = ptr;
+    // Buffers hold at most one UDP datagram (< 64 KiB).
+    slot.len = len as u32;
     slot.tag = tag;
 }
 
-/// Points the slot's copy header at the same bytes as its relay send (`fill_send_slot` first).
+/// Sets the destination of the slot's copy, which sends the same bytes (`fill_send_slot` first).
 fn fill_copy(slot: &mut SendSlot, to: &SocketAddr) {
-    let namelen = sockaddr::encode(to, &mut slot.copy_addr);
-    slot.copy_hdr.msg_name = (&raw mut slot.copy_addr).cast();
-    slot.copy_hdr.msg_namelen = namelen;
-    slot.copy_hdr.msg_iov = &raw mut slot.iov;
-    slot.copy_hdr.msg_iovlen = 1;
-    slot.copy_hdr.msg_control = std::ptr::null_mut();
-    slot.copy_hdr.msg_controllen = 0;
+    slot.copy_addr_len = sockaddr::encode(to, &mut slot.copy_addr);
 }
