@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod hold;
 pub mod rtp;
 pub mod sender;
 pub mod sink;
