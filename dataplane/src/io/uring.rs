@@ -470,12 +470,15 @@ impl MediaIo for UringIo {
         self.ring.completion().enable_eventfd();
         // Flushes anything queued and runs all deferred completion work. Order matters: with
         // deferred task work the eventfd fires only when such work goes from none to some, so
-        // none may be left pending once the eventfd is enabled.
+        // none may be left pending once the eventfd is enabled. Work that arrives from now on
+        // finds it enabled and signals it.
         self.run_deferred()?;
-        if !self.ring.completion().is_empty()
-            || self.ring.submission().taskrun()
-            || !self.released.is_empty()
-        {
+        // IORING_SQ_TASKRUN is no reason to stay awake: the kernel sets it when work arrives
+        // and clears it only when a run starts, so work that arrived during the run above and
+        // was run by it leaves the flag set with nothing pending. Trusting it kept an idle
+        // shard spinning here until the next packet (forever, when that shard's core was also
+        // the sender's, at equal real-time priority); any real work signals the eventfd.
+        if !self.ring.completion().is_empty() || !self.released.is_empty() {
             self.ring.completion().disable_eventfd();
             return Ok(false);
         }

@@ -445,6 +445,9 @@ async fn media_loop(
                 Err(e) => error!(error = %e, "reading the ring eventfd failed"),
             }
             shard.borrow_mut().io.woke();
+        } else {
+            // Completions came in meanwhile: handle them, but let other tasks run if due.
+            glommio::yield_if_needed().await;
         }
     }
     let _ = wake.close().await;
