@@ -183,6 +183,11 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A relay that died under a test (a crash leaves no line in its log) is named as
+            // such, so a failure that looks like a refused connection shows its real cause.
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("rtprelay (pid {}) had already exited: {status}", child.id());
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
