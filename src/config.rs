@@ -434,9 +434,9 @@ mod tests {
         assert!(Config::from_toml(Some("[dataplane]\nbatch_min_wait_us = 200\n")).is_err());
         assert!(Config::from_toml(Some("[dataplane]\ntask_run = \"sometimes\"\n")).is_err());
         let off = Config::from_toml(Some(
-            "[dataplane]\ntask_run = \"coop\"\nbatch_packets = 0\n",
+            "[dataplane]\ntask_run = \"defer\"\nbatch_packets = 0\n",
         ));
-        assert_eq!(off.unwrap().dataplane.task_run, TaskRun::Coop);
+        assert_eq!(off.unwrap().dataplane.task_run, TaskRun::Defer);
         assert!(Config::from_toml(Some("not toml [")).is_err());
     }
 

@@ -321,6 +321,8 @@ async fn list_sessions_pages_and_filters() {
         .into_inner();
     assert_eq!(stats.sessions_per_shard.iter().sum::<u64>(), 30);
     assert_eq!(stats.sessions_per_shard.len(), 2);
+    // One watchdog count per shard; it stays zero unless the kernel lost a wake-up.
+    assert_eq!(stats.watchdog_kicks_per_shard.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,14 @@ impl Router {
         self.shards.len()
     }
 
+    /// Lost wake-ups the data plane's watchdog repaired, per shard.
+    pub fn watchdog_kicks(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(ShardHandle::watchdog_kicks)
+            .collect()
+    }
+
     async fn ask<T>(
         &self,
         shard: usize,

@@ -224,6 +224,7 @@ impl Relay for Service {
         Ok(Response::new(v1::GetRelayStatsResponse {
             sessions_per_shard: pages.iter().map(|p| p.total as u64).collect(),
             refused_requests: refused,
+            watchdog_kicks_per_shard: s.router.watchdog_kicks(),
         }))
     }
 }

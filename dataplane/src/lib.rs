@@ -31,7 +31,13 @@ pub use shard::{ShardHandle, StartError};
 pub struct Dataplane {
     handles: Vec<ShardHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    watchdog: Option<shard::Watchdog>,
 }
+
+/// How often the watchdog looks at the shards, and how long a shard may show no progress
+/// (supervision ticks every 100 ms by default; commands taken) before it is kicked.
+const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
+const WATCHDOG_MIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Dataplane {
     /// Starts `config.shards` shards and waits until each is ready to take commands, so a
@@ -56,13 +62,25 @@ impl Dataplane {
                     threads.push(thread);
                 }
                 Err(e) => {
-                    let me = Self { handles, threads };
+                    let me = Self {
+                        handles,
+                        threads,
+                        watchdog: None,
+                    };
                     me.stop_blocking();
                     return Err(e);
                 }
             }
         }
-        Ok(Self { handles, threads })
+        // Five missed ticks at least, so a slow tick is never taken for a stall.
+        let limit = WATCHDOG_MIN_LIMIT.max(config.tick * 5);
+        let pulses = handles.iter().map(ShardHandle::pulse).collect();
+        let watchdog = Some(shard::Watchdog::start(pulses, WATCHDOG_PERIOD, limit));
+        Ok(Self {
+            handles,
+            threads,
+            watchdog,
+        })
     }
 
     /// One handle per shard, in shard order.
@@ -74,6 +92,10 @@ impl Dataplane {
     pub fn join(self) {
         for t in self.threads {
             let _ = t.join();
+        }
+        // Only now: a shard whose shutdown stalls on a lost wake-up needs the watchdog.
+        if let Some(w) = self.watchdog {
+            w.stop();
         }
     }
 

@@ -14,6 +14,7 @@ mod batch;
 mod doorbell;
 mod fork;
 mod table;
+mod watchdog;
 
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -29,11 +30,12 @@ use tracing::{error, info, warn};
 use crate::command::{Command, Reply};
 use crate::config::{BatchWait, DataplaneConfig};
 use crate::event::EventSink;
-use crate::io::uring::{TaskRun, UringIo};
+use crate::io::uring::UringIo;
 use crate::io::{MediaIo, Pass};
 use crate::time::unix_now_us;
 use batch::{BatchGate, SleepCheck};
 use table::SessionTable;
+pub(crate) use watchdog::{Pulse, Watchdog};
 
 /// The control plane's way into one shard. Cheap to clone.
 #[derive(Clone)]
@@ -42,6 +44,7 @@ pub struct ShardHandle {
     tx: Sender<Command>,
     /// The write end of the shard's doorbell.
     wake: Arc<OwnedFd>,
+    pulse: Arc<Pulse>,
 }
 
 /// The shard is gone (stopped or crashed); its commands cannot be delivered.
@@ -65,9 +68,20 @@ impl ShardHandle {
         self.index
     }
 
+    /// How often the watchdog had to interrupt this shard's sleep (see [`watchdog`]): each is
+    /// a wake-up the kernel lost. Nonzero means commands or media waited up to a second.
+    pub fn watchdog_kicks(&self) -> u64 {
+        self.pulse.kicks()
+    }
+
+    pub(crate) fn pulse(&self) -> Arc<Pulse> {
+        self.pulse.clone()
+    }
+
     /// Queues `cmd` and wakes the shard.
     pub fn send(&self, cmd: Command) -> Result<(), ShardGone> {
         self.tx.send(cmd).map_err(|_| ShardGone(self.index))?;
+        self.pulse.sent();
         if let Err(e) = doorbell::ring(self.wake.as_raw_fd()) {
             warn!(shard = self.index, error = %e, "waking a shard failed");
         }
@@ -93,6 +107,14 @@ struct Shard {
 
 type Ready = std::sync::mpsc::Sender<Result<(), StartError>>;
 
+/// What reaches a shard from outside: its command queue, the read end of its doorbell, and
+/// the counters it shows the watchdog.
+struct Inbox {
+    rx: Receiver<Command>,
+    wake: OwnedFd,
+    pulse: Arc<Pulse>,
+}
+
 /// Starts shard `index` on its own thread and waits until it is ready.
 pub(crate) fn spawn(
     index: usize,
@@ -110,12 +132,30 @@ pub(crate) fn spawn(
     let (tx, rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let shard_wake = bell.read;
+    let pulse = Arc::new(Pulse::default());
+    let shard_pulse = pulse.clone();
     let thread = std::thread::Builder::new()
         .name(format!("rtprelay-shard-{index}"))
-        .spawn(move || run(index, core, config, events, rx, shard_wake, ready_tx))
+        .spawn(move || {
+            let inbox = Inbox {
+                rx,
+                wake: shard_wake,
+                pulse: shard_pulse.clone(),
+            };
+            run(index, core, config, events, inbox, ready_tx);
+            shard_pulse.running(false);
+        })
         .map_err(|e| fail("thread", e))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok((ShardHandle { index, tx, wake }, thread)),
+        Ok(Ok(())) => Ok((
+            ShardHandle {
+                index,
+                tx,
+                wake,
+                pulse,
+            },
+            thread,
+        )),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)
@@ -135,10 +175,10 @@ fn run(
     core: Option<core_affinity::CoreId>,
     config: Arc<DataplaneConfig>,
     events: Arc<dyn EventSink>,
-    rx: Receiver<Command>,
-    wake: OwnedFd,
+    inbox: Inbox,
     ready: Ready,
 ) {
+    let Inbox { rx, wake, pulse } = inbox;
     let fail = |what, source| StartError::Shard {
         shard: index,
         what,
@@ -214,6 +254,7 @@ fn run(
                     error!(error = %e, "waking the media task for shutdown failed");
                 }
             }));
+        pulse.running(true);
         let _ = ready.send(Ok(()));
         info!(shard = index, core = core.map(|c| c.id), "shard started");
 
@@ -222,10 +263,10 @@ fn run(
             ring_wake,
             config.budget,
             config.batch,
-            (config.uring.task_run == TaskRun::Defer).then_some(DEFER_SLEEP_CHECK),
+            SLEEP_CHECK,
         ));
-        glommio::spawn_local(supervise(shard.clone(), config.tick)).detach();
-        let stop_reply = control_loop(&shard, &rx, &cmd_wake).await;
+        glommio::spawn_local(supervise(shard.clone(), config.tick, pulse.clone())).detach();
+        let stop_reply = control_loop(&shard, &rx, &cmd_wake, &pulse).await;
         media.await;
         let _ = ring_wake_close(cmd_wake).await;
         info!(shard = index, "shard stopped");
@@ -244,6 +285,7 @@ async fn control_loop(
     shard: &Rc<RefCell<Shard>>,
     rx: &Receiver<Command>,
     wake: &BufferedFile,
+    pulse: &Pulse,
 ) -> Option<Reply<()>> {
     loop {
         if let Err(e) = wake.read_at(0, doorbell::READ_LEN).await {
@@ -252,7 +294,10 @@ async fn control_loop(
         }
         loop {
             let cmd = match rx.try_recv() {
-                Ok(cmd) => cmd,
+                Ok(cmd) => {
+                    pulse.taken();
+                    cmd
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     stop(shard);
@@ -320,16 +365,19 @@ fn handle(shard: &Rc<RefCell<Shard>>, cmd: Command) {
 /// a latency spike every tick. Between shares the media task gets its turn.
 const TICK_PARTS: usize = 16;
 
-/// The shard's clock: statistics, alerts and idle timeouts, every `tick`.
-async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
+/// The shard's clock: statistics, alerts and idle timeouts, every `tick`. It keeps ticking
+/// (with nothing to supervise) while the shard stops, so the watchdog sees a stopping shard
+/// alive and can kick one whose shutdown stalls.
+async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration, pulse: Arc<Pulse>) {
     loop {
         glommio::timer::sleep(tick).await;
+        pulse.tick();
         for part in 0..TICK_PARTS {
             {
                 let mut s = shard.borrow_mut();
                 let Shard { io, table } = &mut *s;
                 if table.stopping {
-                    return;
+                    break;
                 }
                 table.tick_part(io, unix_now_us(), part, TICK_PARTS);
             }
@@ -338,15 +386,16 @@ async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration) {
     }
 }
 
-/// Longest sleep through the executor with deferred task work. With it, the ring signals its
-/// eventfd only when deferred work goes from none to some, so one lost signal leaves work
-/// pending and silences every later one: the shard would sleep with packets waiting. The one
-/// cause seen (a nested eventfd signal, see [`doorbell`]) is avoided, but the failure is silent
-/// and costly, so the shard still looks at its ring after this long and logs each miss it
-/// finds. Each check that finds nothing doubles the next interval up to
-/// [`DEFER_SLEEP_CHECK_MAX`]: an idle shard wakes about once a second.
-const DEFER_SLEEP_CHECK: Duration = Duration::from_millis(10);
-const DEFER_SLEEP_CHECK_MAX: Duration = Duration::from_secs(1);
+/// Longest sleep through the executor before the media task looks at its ring anyway. The
+/// ring wakes the shard through its eventfd; a lost signal would leave packets waiting, and
+/// with deferred task work (the ring signals only when work goes from none to some) it would
+/// silence every later one too. Two causes were seen on Linux 6.18 (a nested eventfd signal,
+/// see [`doorbell`]; with deferred task work, a signal lost after every control command on
+/// 6.18.44), so the shard looks at its ring after this long, in every task-run mode, and logs
+/// each miss it finds. Each check that finds nothing doubles the next interval up to
+/// [`SLEEP_CHECK_MAX`]: an idle shard wakes about once a second.
+const SLEEP_CHECK: Duration = Duration::from_millis(10);
+const SLEEP_CHECK_MAX: Duration = Duration::from_secs(1);
 
 /// Longest single wait on the ring while lingering: how late glommio's timers and other tasks can
 /// run while the media task waits on its ring instead of through the executor.
@@ -357,13 +406,13 @@ async fn media_loop(
     wake: BufferedFile,
     budget: usize,
     batch: BatchWait,
-    sleep_check: Option<Duration>,
+    sleep_check: Duration,
 ) {
     let epoch = Instant::now();
     let mono_us = || epoch.elapsed().as_micros() as u64;
     let mut gate = BatchGate::new(batch.min_rate_pps, mono_us());
     let mut last_packet_us = 0;
-    let mut check = sleep_check.map(|base| SleepCheck::new(base, DEFER_SLEEP_CHECK_MAX));
+    let mut check = SleepCheck::new(sleep_check, SLEEP_CHECK_MAX);
     loop {
         let (pass, done) = {
             let mut s = shard.borrow_mut();
@@ -381,7 +430,7 @@ async fn media_loop(
         if pass.packets > 0 {
             last_packet_us = now_us;
         }
-        if let Some(missed_wakeups) = check.as_mut().and_then(|c| c.on_pass(pass.completions))
+        if let Some(missed_wakeups) = check.on_pass(pass.completions)
             && missed_wakeups % 1000 == 1
         {
             warn!(
@@ -431,17 +480,9 @@ async fn media_loop(
         });
         if sleep {
             let read = wake.read_at(0, 8);
-            let woken = match &check {
-                Some(c) => glommio::timer::timeout(c.limit(), read).await,
-                None => read.await,
-            };
-            match woken {
+            match glommio::timer::timeout(check.limit(), read).await {
                 Ok(_) => {}
-                Err(glommio::GlommioError::TimedOut(_)) => {
-                    if let Some(c) = check.as_mut() {
-                        c.timed_out();
-                    }
-                }
+                Err(glommio::GlommioError::TimedOut(_)) => check.timed_out(),
                 Err(e) => error!(error = %e, "reading the ring eventfd failed"),
             }
             shard.borrow_mut().io.woke();
