@@ -264,16 +264,31 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(1);
 
-    /// Kicks `tid` every 100 ms until `sleeper` ends (a kick that lands before the thread
-    /// entered its wait is lost, as any signal would be), at most 50 times.
-    fn kick_until_done<T>(tid: u64, sleeper: &std::thread::JoinHandle<T>) {
+    /// Runs `wait` (a call that blocks for 10 s or more) on a thread of its own and kicks that
+    /// thread every 100 ms until the call returns (a kick that lands before the thread entered
+    /// its wait is lost, as any signal would be), at most 50 times. Returns the call's OS error
+    /// and how long it blocked.
+    fn kicked<R: Send + 'static>(
+        wait: impl FnOnce() -> std::io::Result<R> + Send + 'static,
+    ) -> (Option<i32>, Duration) {
+        install_handler().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() as u64 }).unwrap();
+            let started = Instant::now();
+            let r = wait();
+            (r.err().and_then(|e| e.raw_os_error()), started.elapsed())
+        });
+        let tid = rx.recv().unwrap();
         for _ in 0..50 {
             std::thread::sleep(Duration::from_millis(100));
             if sleeper.is_finished() {
-                return;
+                break;
             }
             kick(tid);
         }
+        sleeper.join().unwrap()
     }
 
     #[test]
@@ -342,13 +357,9 @@ mod tests {
     /// EINTR when the watchdog's signal reaches it.
     #[test]
     fn a_kick_interrupts_a_blocking_wait() {
-        install_handler().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sleeper = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tx.send(unsafe { libc::gettid() as u64 }).unwrap();
+        let (errno, took) = kicked(|| {
             let mut fds = [0; 2];
-            // SAFETY: a fresh pipe; poll on its read end, which no one writes.
+            // SAFETY: a fresh pipe; poll on its read end, which no one writes, then close both.
             unsafe {
                 assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
                 let mut pfd = libc::pollfd {
@@ -356,17 +367,14 @@ mod tests {
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                let started = Instant::now();
                 let r = libc::poll(&mut pfd, 1, 10_000);
                 let err = std::io::Error::last_os_error();
                 libc::close(fds[0]);
                 libc::close(fds[1]);
-                (r, err.raw_os_error(), started.elapsed())
+                if r < 0 { Err(err) } else { Ok(r) }
             }
         });
-        kick_until_done(rx.recv().unwrap(), &sleeper);
-        let (r, errno, took) = sleeper.join().unwrap();
-        assert_eq!((r, errno), (-1, Some(libc::EINTR)));
+        assert_eq!(errno, Some(libc::EINTR));
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
 
@@ -374,19 +382,8 @@ mod tests {
     /// that never comes returns EINTR when kicked.
     #[test]
     fn a_kick_interrupts_an_io_uring_wait() {
-        install_handler().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sleeper = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tx.send(unsafe { libc::gettid() as u64 }).unwrap();
-            let ring = io_uring::IoUring::new(8).unwrap();
-            let started = Instant::now();
-            let r = ring.submit_and_wait(1);
-            (r.map_err(|e| e.raw_os_error()), started.elapsed())
-        });
-        kick_until_done(rx.recv().unwrap(), &sleeper);
-        let (r, took) = sleeper.join().unwrap();
-        assert_eq!(r, Err(Some(libc::EINTR)));
+        let (errno, took) = kicked(|| io_uring::IoUring::new(8)?.submit_and_wait(1));
+        assert_eq!(errno, Some(libc::EINTR));
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
 }
