@@ -171,12 +171,15 @@ impl Relay {
             std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // rest starts at field 3 (state, a letter, skipped by parse) -> index 0 is field 4.
-        f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+        // By position: rest starts at field 3 (state). Some fields can be negative (tpgid is
+        // -1 without a controlling terminal), so skipping what does not parse would shift them.
+        let field = |n: usize| -> u64 {
+            rest.split_whitespace()
+                .nth(n - 3)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0)
+        };
+        field(14) + field(15)
     }
 }
 
