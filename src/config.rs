@@ -148,6 +148,7 @@ pub struct Dataplane {
     pub batch_min_wait_us: u64,
     pub batch_min_rate_pps: u64,
     pub linger_ms: u64,
+    pub busy_poll_us: u64,
 }
 
 /// When the kernel runs receive completion work (see `rtprelay_dataplane::io::uring::TaskRun`).
@@ -386,6 +387,9 @@ impl Config {
         }
         if d.linger_ms > 1_000 {
             bail!("dataplane.linger_ms must be at most 1000");
+        }
+        if d.busy_poll_us > 1_000_000 {
+            bail!("dataplane.busy_poll_us must be at most 1000000 (1 s)");
         }
         if d.batch_packets > usize::from(d.buffers_per_shard) {
             bail!("dataplane.batch_packets must be at most buffers_per_shard");

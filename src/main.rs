@@ -110,6 +110,7 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
         min_wait: Duration::from_micros(d.batch_min_wait_us),
         min_rate_pps: d.batch_min_rate_pps,
         linger: Duration::from_millis(d.linger_ms),
+        busy_poll: Duration::from_micros(d.busy_poll_us),
     };
     Ok(dp)
 }

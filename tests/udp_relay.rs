@@ -593,3 +593,57 @@ async fn commands_are_answered_at_once_while_media_flows() {
         run.status_rtts
     );
 }
+
+/// `busy_poll_us`: after a packet the shard spins on its ring instead of sleeping. Spinning
+/// must not cost what sleeping guarantees: media is relayed, commands are answered, the shard
+/// goes back to sleep (no CPU) once media stops, and SIGTERM still ends the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_polling_shard_relays_answers_and_sleeps_after_its_window() {
+    let config = std::env::temp_dir().join(format!("rtprelay-busy-{}.toml", std::process::id()));
+    std::fs::write(&config, "[dataplane]\nbusy_poll_us = 200000\n").unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let (mut relay, mut client) = Relay::start(1, &["--config", &config_arg]).await;
+    let _ = std::fs::remove_file(&config);
+    let sink = udp(0);
+    let info = create(
+        &mut client,
+        create_req("busy", 0, 0, sink.local_addr().unwrap()),
+    )
+    .await;
+    let listen = addr_of(&info.listen);
+    let phone = udp(0);
+
+    // Media every 5 ms, well inside the 200 ms window: the shard never sleeps meanwhile.
+    let run = media_with_commands(&relay, &mut client, "busy", &phone, listen, &sink).await;
+    // A sleeping shard uses ~1 tick here (the test above: ~8 ticks with its ten commands); a
+    // spinning one most of the run, even when it shares its core with the test.
+    assert!(
+        run.cpu_ticks * 4 >= run.run_ticks,
+        "the shard did not spin: {} ticks in {}",
+        run.cpu_ticks,
+        run.run_ticks
+    );
+    assert!(
+        run.status_p50() < Duration::from_millis(5),
+        "commands wait while the shard spins: {:?}",
+        run.status_rtts
+    );
+
+    // Past the window the shard sleeps again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = relay.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = relay.cpu_ticks() - before;
+    assert!(
+        idle <= 4,
+        "still spinning after the window: {idle} ticks in 1 s"
+    );
+
+    // A packet wakes it and it stops on SIGTERM while spinning.
+    let mut buf = [0u8; 2048];
+    phone.send_to(&rtp(0, 100, 16_000, 7, 160), listen).unwrap();
+    sink.recv_from(&mut buf).expect("relayed after sleeping");
+    let exit = relay.terminate(Duration::from_secs(10));
+    let exit = exit.expect("a spinning relay did not exit within 10 s of SIGTERM");
+    assert!(exit.success(), "exit status {exit}");
+}
