@@ -62,7 +62,19 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
         relay.grpc.port()
     ));
 
+    // As root the receiver runs under SCHED_FIFO, so that path is exercised too.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let realtime = unsafe { libc::geteuid() } == 0;
+    if !realtime {
+        eprintln!("NOTE: not root, so the smoke run leaves out --recv-priority (SCHED_FIFO)");
+    }
+    let priority: &[&str] = if realtime {
+        &["--recv-priority", "10"]
+    } else {
+        &[]
+    };
     let mut child = Command::new(&blaster)
+        .args(priority)
         .args(["--grpc", &format!("http://{}", relay.grpc)])
         .args(["--sessions", &SESSIONS.to_string()])
         .args(["--pps-per-session", &PPS_PER_FLOW.to_string()])
@@ -103,6 +115,9 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
     let doc = Json::parse(&text).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{text}"));
     let t = doc.at("trials.0");
     let ctx = format!("blaster output:\n{stderr}");
+    if realtime {
+        assert_eq!(doc.num("config.recv_priority"), 10.0, "{ctx}");
+    }
 
     // Every packet of a light load arrives, once, at the right socket.
     let expected = (SESSIONS * 2 * PPS_PER_FLOW * SECONDS) as f64;

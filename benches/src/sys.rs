@@ -286,6 +286,23 @@ pub fn pin_to_core(core: usize) -> Result<()> {
     }
 }
 
+/// Runs the calling thread under SCHED_FIFO at `priority` (1-99), so it preempts ordinary
+/// threads on its core at once. Needs CAP_SYS_NICE (root).
+pub fn realtime(priority: u8) -> Result<()> {
+    if !(1..=99).contains(&priority) {
+        anyhow::bail!("real-time priority {priority} is outside 1-99");
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("SCHED_FIFO priority {priority} (needs root)"));
+    }
+    Ok(())
+}
+
 /// Lowers the calling thread's timer slack to 1 ns so short pacing sleeps (100 us) are not
 /// stretched by the default 50 us slack.
 pub fn tight_timer_slack() {

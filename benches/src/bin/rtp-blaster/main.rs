@@ -159,6 +159,11 @@ struct Args {
     /// Pin the receiver thread to this core.
     #[arg(long)]
     recv_core: Option<usize>,
+    /// Run the receiver thread under SCHED_FIFO at this priority (1-99, needs root), so that
+    /// sharing a core with the sender does not delay receiving: otherwise the sender can hold
+    /// the receiver off for milliseconds and the measured latency includes that.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    recv_priority: Option<u8>,
     /// How long the receiver keeps counting after the last packet was sent, milliseconds.
     #[arg(long, default_value_t = 300)]
     drain_ms: u64,
@@ -274,6 +279,7 @@ fn main() -> Result<()> {
         clock_rate: args.clock_rate,
         core: args.core,
         recv_core: args.recv_core,
+        recv_priority: args.recv_priority,
         drain: Duration::from_millis(args.drain_ms),
         prime_timeout: Duration::from_millis(args.prime_timeout_ms),
         progress: !args.quiet,
@@ -503,7 +509,7 @@ fn config_json(a: &Args) -> Value {
             "max_trials": a.ramp_max_trials, "settle_ms": a.settle_ms,
         })),
         "drain_ms": a.drain_ms, "prime_timeout_ms": a.prime_timeout_ms,
-        "core": a.core, "recv_core": a.recv_core,
+        "core": a.core, "recv_core": a.recv_core, "recv_priority": a.recv_priority,
     })
 }
 

@@ -55,6 +55,7 @@ pub struct Settings<'a> {
     pub clock_rate: u32,
     pub core: Option<usize>,
     pub recv_core: Option<usize>,
+    pub recv_priority: Option<u8>,
     pub drain: Duration,
     pub prime_timeout: Duration,
     pub progress: bool,
@@ -210,6 +211,9 @@ pub fn run(
         let receiver = std::thread::Builder::new()
             .name("blaster-rx".into())
             .spawn_scoped(s, || {
+                if let Some(priority) = settings.recv_priority {
+                    sys::realtime(priority)?;
+                }
                 sink::run(
                     &rx_socks,
                     groups,
