@@ -66,7 +66,7 @@ impl Default for BatchWait {
             packets: 32,
             max_wait: Duration::from_micros(100),
             min_wait: Duration::ZERO,
-            min_rate_pps: 40_000,
+            min_rate_pps: 80_000,
             linger: Duration::from_millis(10),
             busy_poll: Duration::ZERO,
         }
