@@ -471,6 +471,23 @@ async fn an_idle_relay_uses_no_cpu_and_answers_within_milliseconds() {
     assert!(p50 < Duration::from_millis(5), "p50 round trip {p50:?}");
 }
 
+/// One session `id` from `phone` (any port) through the relay to `sink`.
+struct OneCall {
+    phone: UdpSocket,
+    listen: SocketAddr,
+    sink: UdpSocket,
+}
+
+async fn one_call(client: &mut RelayClient<Channel>, id: &str) -> OneCall {
+    let sink = udp(0);
+    let info = create(client, create_req(id, 0, 0, sink.local_addr().unwrap())).await;
+    OneCall {
+        phone: udp(0),
+        listen: addr_of(&info.listen),
+        sink,
+    }
+}
+
 /// A packet reaching a sleeping shard right after a control command is relayed at once. A
 /// doorbell made of an eventfd broke this with deferred task work: from the second command on,
 /// the ring's wake-up signal was lost, and packets waited for the shard's periodic check
@@ -478,14 +495,11 @@ async fn an_idle_relay_uses_no_cpu_and_answers_within_milliseconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_wakes_a_sleeping_shard_at_once_after_commands() {
     let (_relay, mut client) = Relay::start(1, &[]).await;
-    let sink = udp(0);
-    let info = create(
-        &mut client,
-        create_req("after-cmd", 0, 0, sink.local_addr().unwrap()),
-    )
-    .await;
-    let listen = addr_of(&info.listen);
-    let phone = udp(0);
+    let OneCall {
+        phone,
+        listen,
+        sink,
+    } = one_call(&mut client, "after-cmd").await;
     let mut buf = [0u8; 2048];
     let mut delays = Vec::new();
     for seq in 0..12u16 {
@@ -528,10 +542,14 @@ async fn media_with_commands(
     relay: &Relay,
     client: &mut RelayClient<Channel>,
     id: &str,
-    phone: &UdpSocket,
-    listen: SocketAddr,
-    sink: &UdpSocket,
+    call: &OneCall,
 ) -> MediaWithCommands {
+    let OneCall {
+        phone,
+        listen,
+        sink,
+    } = call;
+    let listen = *listen;
     let mut buf = [0u8; 2048];
     let before = relay.cpu_ticks();
     let started = std::time::Instant::now();
@@ -571,22 +589,8 @@ async fn media_with_commands(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_answered_at_once_while_media_flows() {
     let (relay, mut client) = Relay::start(1, &[]).await;
-    let sink = udp(0);
-    let info = create(
-        &mut client,
-        create_req("lingering", 0, 0, sink.local_addr().unwrap()),
-    )
-    .await;
-    let phone = udp(0);
-    let run = media_with_commands(
-        &relay,
-        &mut client,
-        "lingering",
-        &phone,
-        addr_of(&info.listen),
-        &sink,
-    )
-    .await;
+    let call = one_call(&mut client, "lingering").await;
+    let run = media_with_commands(&relay, &mut client, "lingering", &call).await;
     assert!(
         run.status_p50() < Duration::from_millis(5),
         "commands wait while media flows: {:?}",
@@ -604,17 +608,10 @@ async fn a_busy_polling_shard_relays_answers_and_sleeps_after_its_window() {
     let config_arg = config.to_string_lossy().into_owned();
     let (mut relay, mut client) = Relay::start(1, &["--config", &config_arg]).await;
     let _ = std::fs::remove_file(&config);
-    let sink = udp(0);
-    let info = create(
-        &mut client,
-        create_req("busy", 0, 0, sink.local_addr().unwrap()),
-    )
-    .await;
-    let listen = addr_of(&info.listen);
-    let phone = udp(0);
+    let call = one_call(&mut client, "busy").await;
 
     // Media every 5 ms, well inside the 200 ms window: the shard never sleeps meanwhile.
-    let run = media_with_commands(&relay, &mut client, "busy", &phone, listen, &sink).await;
+    let run = media_with_commands(&relay, &mut client, "busy", &call).await;
     // A sleeping shard uses ~1 tick here (the test above: ~8 ticks with its ten commands); a
     // spinning one most of the run, even when it shares its core with the test.
     assert!(
@@ -641,8 +638,12 @@ async fn a_busy_polling_shard_relays_answers_and_sleeps_after_its_window() {
 
     // A packet wakes it and it stops on SIGTERM while spinning.
     let mut buf = [0u8; 2048];
-    phone.send_to(&rtp(0, 100, 16_000, 7, 160), listen).unwrap();
-    sink.recv_from(&mut buf).expect("relayed after sleeping");
+    call.phone
+        .send_to(&rtp(0, 100, 16_000, 7, 160), call.listen)
+        .unwrap();
+    call.sink
+        .recv_from(&mut buf)
+        .expect("relayed after sleeping");
     let exit = relay.terminate(Duration::from_secs(10));
     let exit = exit.expect("a spinning relay did not exit within 10 s of SIGTERM");
     assert!(exit.success(), "exit status {exit}");
