@@ -475,8 +475,11 @@ async fn media_loop(
         // A command is queued (the ring's watch on the doorbell ends a wait on the ring for
         // one): hand the core to the control task now. Once stopping, nobody takes commands.
         let command = !stopping && !commands.queue.is_empty();
-        if command || pass.completions >= budget {
-            // The sends of this pass must not wait while other tasks run.
+        let full = pass.completions >= budget;
+        // Spinning: the next packet is seen without a wake-up.
+        let spin = now_us.saturating_sub(last_packet_us) < busy_poll_us;
+        if command || full || spin {
+            // No wait on the ring follows to carry the sends of this pass: submit them now.
             if let Err(e) = shard.borrow_mut().io.flush() {
                 error!(error = %e, "submitting sends failed");
             }
@@ -487,18 +490,12 @@ async fn media_loop(
             glommio::executor().yield_now().await;
             continue;
         }
-        if pass.completions >= budget {
-            glommio::yield_if_needed().await;
-            continue;
-        }
-        if now_us.saturating_sub(last_packet_us) < busy_poll_us {
-            // Spin: the sends of this pass go out now, and the next packet is seen without a
-            // wake-up. Other tasks of the shard run when glommio's preemption timer says so
-            // (commands at once, see `Commands`).
-            if let Err(e) = shard.borrow_mut().io.flush() {
-                error!(error = %e, "submitting sends failed");
+        if full || spin {
+            // Other tasks of the shard run when glommio's preemption timer says so (commands
+            // at once, see `Commands`).
+            if spin {
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
             glommio::yield_if_needed().await;
             continue;
         }
