@@ -29,6 +29,12 @@ pub fn udp_socket(bind: SocketAddr) -> Result<Socket> {
     Ok(sock)
 }
 
+/// Has the kernel stamp every datagram `sock` receives with its arrival time (SO_TIMESTAMPNS),
+/// as rtprelay's media sockets do.
+pub fn enable_rx_timestamps(sock: &Socket) -> Result<()> {
+    setsockopt_int(sock.as_raw_fd(), libc::SO_TIMESTAMPNS, 1).context("SO_TIMESTAMPNS")
+}
+
 /// Sets both socket buffers. The `*FORCE` variants bypass `net.core.[rw]mem_max` when running
 /// as root; otherwise we fall back to the capped plain options. Failure only costs accuracy
 /// under bursts, so it is not an error.

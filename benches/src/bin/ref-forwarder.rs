@@ -14,6 +14,9 @@
 //!
 //! `--engine uring` swaps the epoll loop for a bare io_uring one (see
 //! `rtprelay_benches::uring_forward`): the best a user-space relay built like rtprelay could do.
+//! `--engine uring-msg` is the same loop with the kernel work rtprelay asks for per packet: the
+//! source address and arrival time of every datagram, and sends that name their destination
+//! from unconnected sockets.
 
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rtprelay_benches::sys::{self, BATCH, Epoll, MmsgBatch};
+use rtprelay_benches::uring_forward::Receive;
 use socket2::Socket;
 
 #[derive(Parser, Debug)]
@@ -56,7 +60,8 @@ struct Args {
     /// Pin the forwarding thread to this core.
     #[arg(long)]
     core: Option<usize>,
-    /// The forwarding loop: epoll + recvmmsg/sendmmsg, or bare io_uring.
+    /// The forwarding loop: epoll + recvmmsg/sendmmsg, bare io_uring, or io_uring with
+    /// rtprelay's per-packet kernel work (source address, timestamp, unconnected sends).
     #[arg(long, value_enum, default_value_t = Engine::Epoll)]
     engine: Engine,
 }
@@ -65,6 +70,7 @@ struct Args {
 enum Engine {
     Epoll,
     Uring,
+    UringMsg,
 }
 
 /// One relayed flow: packets read from `inbound` leave through `outbound`, connected to its
@@ -99,8 +105,13 @@ fn main() -> Result<()> {
         None => None,
     };
     let flows = open_flows(&args, &dests, sources.as_deref())?;
-    if let Engine::Uring = args.engine {
-        return forward_uring(&flows, sources.is_some(), args.seconds);
+    let uring = match args.engine {
+        Engine::Epoll => None,
+        Engine::Uring => Some(Receive::Bare),
+        Engine::UringMsg => Some(Receive::WithSource),
+    };
+    if let Some(mode) = uring {
+        return forward_uring(&flows, mode, &dests, sources.as_deref(), args.seconds);
     }
     let epoll = Epoll::new().context("epoll_create1")?;
     // Token 2i: flow i's inbound socket (forward); 2i + 1: its outbound socket (replies).
@@ -133,17 +144,28 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn forward_uring(flows: &[Flow], symmetric: bool, seconds: u64) -> Result<()> {
+fn forward_uring(
+    flows: &[Flow],
+    mode: Receive,
+    dests: &[SocketAddr],
+    sources: Option<&[SocketAddr]>,
+    seconds: u64,
+) -> Result<()> {
     // Socket 2i: flow i's inbound socket; 2i + 1: its outbound one.
     let sockets: Vec<_> = flows
         .iter()
         .flat_map(|f| [f.inbound.as_raw_fd(), f.outbound.as_raw_fd()])
         .collect();
     let mut routes = Vec::new();
-    for i in 0..flows.len() as u32 {
-        routes.push((2 * i, 2 * i + 1));
-        if symmetric {
-            routes.push((2 * i + 1, 2 * i));
+    // Where each route's packets go (needed by `Receive::WithSource` only).
+    let mut targets = Vec::new();
+    for (i, dest) in dests.iter().enumerate().take(flows.len()) {
+        let socket = 2 * i as u32;
+        routes.push((socket, socket + 1));
+        targets.push(*dest);
+        if let Some(src) = sources.and_then(|s| s.get(i)) {
+            routes.push((socket + 1, socket));
+            targets.push(*src);
         }
     }
     let mut out = std::io::stdout().lock();
@@ -151,8 +173,14 @@ fn forward_uring(flows: &[Flow], symmetric: bool, seconds: u64) -> Result<()> {
     out.flush()?;
     drop(out);
     let deadline = (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds));
-    let c =
-        rtprelay_benches::uring_forward::forward(&sockets, &routes, deadline, sys::stop_requested)?;
+    let c = rtprelay_benches::uring_forward::forward(
+        &sockets,
+        &routes,
+        mode,
+        &targets,
+        deadline,
+        sys::stop_requested,
+    )?;
     eprintln!(
         "ref-forwarder (io_uring): flows={} received={} relayed={} dropped={}",
         flows.len(),
@@ -285,6 +313,12 @@ fn open_flows(
             let outbound = SocketAddr::new(args.connect, port_at(args.base_port, i, n, n)?);
             let inbound = sys::udp_socket(inbound)?;
             let outbound = sys::udp_socket(outbound)?;
+            if let Engine::UringMsg = args.engine {
+                // As rtprelay's media sockets: stamped on arrival, never connected.
+                sys::enable_rx_timestamps(&inbound)?;
+                sys::enable_rx_timestamps(&outbound)?;
+                return Ok(Flow { inbound, outbound });
+            }
             outbound
                 .connect(&(*dest).into())
                 .with_context(|| format!("connect {dest}"))?;

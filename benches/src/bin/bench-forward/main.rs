@@ -36,8 +36,9 @@ const MAX_FLOWS: usize = 2000;
 #[derive(Parser, Debug)]
 #[command(about = "Relay CPU per packet: reference recvmmsg forwarder vs rtprelay")]
 struct Args {
-    /// Variants to compare: `ref` (epoll), `ref-uring` (bare io_uring) and/or `rtprelay-N` (N
-    /// shards). The first is the baseline.
+    /// Variants to compare: `ref` (epoll), `ref-uring` (bare io_uring), `ref-uring-msg` (io_uring
+    /// with rtprelay's per-packet kernel work: source address, timestamp, unconnected sends)
+    /// and/or `rtprelay-N` (N shards). The first is the baseline.
     #[arg(long, value_delimiter = ',', default_value = "ref,rtprelay-1")]
     variants: Vec<String>,
     /// Flow counts (one case each).
@@ -89,6 +90,8 @@ enum Variant {
     Ref,
     /// ref-forwarder with its bare io_uring loop.
     RefUring,
+    /// ref-forwarder's io_uring loop doing rtprelay's per-packet kernel work.
+    RefUringMsg,
     Relay {
         shards: u32,
     },
@@ -98,11 +101,14 @@ fn parse_variant(name: &str) -> Result<Variant> {
     match name {
         "ref" => return Ok(Variant::Ref),
         "ref-uring" => return Ok(Variant::RefUring),
+        "ref-uring-msg" => return Ok(Variant::RefUringMsg),
         _ => {}
     }
     match name.strip_prefix("rtprelay-").map(str::parse::<u32>) {
         Some(Ok(shards)) if shards >= 1 => Ok(Variant::Relay { shards }),
-        _ => bail!("unknown variant {name:?} (expected `ref`, `ref-uring` or `rtprelay-N`)"),
+        _ => bail!(
+            "unknown variant {name:?} (expected `ref`, `ref-uring`, `ref-uring-msg` or `rtprelay-N`)"
+        ),
     }
 }
 
@@ -278,12 +284,15 @@ fn loopback(port: u16) -> SocketAddr {
 fn run_trial(ctx: &Ctx, variant: Variant, flows: usize, trial: usize) -> Result<Measured> {
     let sinks: Vec<SocketAddr> = (0..flows).map(|i| loopback(port(SINK_BASE, i))).collect();
     match variant {
-        Variant::Ref | Variant::RefUring => {
+        Variant::Ref | Variant::RefUring | Variant::RefUringMsg => {
             let a = &ctx.args;
             let mut cmd = Command::new(ctx.bin_dir.join("ref-forwarder"));
-            if let Variant::RefUring = variant {
-                cmd.args(["--engine", "uring"]);
-            }
+            let engine = match variant {
+                Variant::RefUring => "uring",
+                Variant::RefUringMsg => "uring-msg",
+                _ => "epoll",
+            };
+            cmd.args(["--engine", engine]);
             cmd.args(["--listen", "127.0.0.1", "--connect", "127.0.0.1"])
                 .args([
                     "--base-port",
