@@ -583,16 +583,46 @@ async fn media_with_commands(
     run
 }
 
+/// Starts a one-shard relay with `dataplane` settings added to a preemption slice of
+/// [`LONG_SLICE_MS`]. A command that waits for glommio's next look at its own rings instead of
+/// being handed over by the media task then waits tens of milliseconds, not the 2-4 ms of the
+/// default slice, which the noise of a shared machine can hide (a 6 ms p50 was seen with the
+/// fix in place).
+async fn start_with_long_slice(dataplane: &str) -> (Relay, RelayClient<Channel>) {
+    let config = std::env::temp_dir().join(format!(
+        "rtprelay-slice-{}-{}.toml",
+        std::process::id(),
+        NEXT_CONFIG.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::write(
+        &config,
+        format!("[dataplane]\npreempt_ms = {LONG_SLICE_MS}\n{dataplane}"),
+    )
+    .unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let started = Relay::start(1, &["--config", &config_arg]).await;
+    let _ = std::fs::remove_file(&config);
+    started
+}
+
+const LONG_SLICE_MS: u64 = 50;
+/// Status round trips faster than this were handed over at once: an idle relay answers in
+/// ~1.5 ms (debug build) and a command that waited for the slice takes at least its length.
+const PROMPT_ANSWER: Duration = Duration::from_millis(LONG_SLICE_MS / 2);
+static NEXT_CONFIG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// A command that arrives while media flows (the shard lingers on its ring between packets)
 /// is answered as fast as on an idle relay. It used to wait for glommio's next look at its own
-/// rings: ~6 ms here, against ~2.5 ms now (debug build).
+/// rings: up to two preemption slices (~6 ms with the default 2 ms slice, debug build, against
+/// ~2.5 ms now).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_answered_at_once_while_media_flows() {
-    let (relay, mut client) = Relay::start(1, &[]).await;
+    // Lingering outlasts the slice too, or its end would hand the core over after 10 ms.
+    let (relay, mut client) = start_with_long_slice("linger_ms = 200\n").await;
     let call = one_call(&mut client, "lingering").await;
     let run = media_with_commands(&relay, &mut client, "lingering", &call).await;
     assert!(
-        run.status_p50() < Duration::from_millis(5),
+        run.status_p50() < PROMPT_ANSWER,
         "commands wait while media flows: {:?}",
         run.status_rtts
     );
@@ -603,11 +633,7 @@ async fn commands_are_answered_at_once_while_media_flows() {
 /// goes back to sleep (no CPU) once media stops, and SIGTERM still ends the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_polling_shard_relays_answers_and_sleeps_after_its_window() {
-    let config = std::env::temp_dir().join(format!("rtprelay-busy-{}.toml", std::process::id()));
-    std::fs::write(&config, "[dataplane]\nbusy_poll_us = 200000\n").unwrap();
-    let config_arg = config.to_string_lossy().into_owned();
-    let (mut relay, mut client) = Relay::start(1, &["--config", &config_arg]).await;
-    let _ = std::fs::remove_file(&config);
+    let (mut relay, mut client) = start_with_long_slice("busy_poll_us = 200000\n").await;
     let call = one_call(&mut client, "busy").await;
 
     // Media every 5 ms, well inside the 200 ms window: the shard never sleeps meanwhile.
@@ -621,7 +647,7 @@ async fn a_busy_polling_shard_relays_answers_and_sleeps_after_its_window() {
         run.run_ticks
     );
     assert!(
-        run.status_p50() < Duration::from_millis(5),
+        run.status_p50() < PROMPT_ANSWER,
         "commands wait while the shard spins: {:?}",
         run.status_rtts
     );
