@@ -83,9 +83,11 @@ pub trait PacketHandler {
 /// A batched packet path owned by one shard.
 pub trait MediaIo {
     /// Starts receiving on a bound, non-blocking UDP socket. The caller keeps owning `fd`.
+    /// The receive reaches the kernel with the next [`MediaIo::flush`] (or wait, or nudge).
     fn add_socket(&mut self, token: Token, fd: RawFd) -> io::Result<()>;
     /// Stops receiving on `token`. [`PacketHandler::on_socket_released`] follows from a later
-    /// [`MediaIo::process`]; the token must not be reused before that.
+    /// [`MediaIo::process`]; the token must not be reused before that. Like
+    /// [`MediaIo::add_socket`], it takes effect with the next flush.
     fn remove_socket(&mut self, token: Token);
     /// Handles up to `budget` completions and says how many completions and packets it
     /// handled. The resulting sends are queued, not submitted: they go out with the next
@@ -109,8 +111,9 @@ pub trait MediaIo {
     /// so a shard waiting on its ring still answers commands at once. Must not be an eventfd
     /// with deferred task work (see the shard's doorbell module).
     fn watch(&mut self, fd: RawFd) -> io::Result<()>;
-    /// Submits what [`MediaIo::process`] queued. Needed before the shard awaits anything but
-    /// its own ring (a timer, another task), or the sends would wait with it.
+    /// Submits what [`MediaIo::process`], [`MediaIo::add_socket`] and
+    /// [`MediaIo::remove_socket`] queued. Needed before the shard awaits anything but its own
+    /// ring (a timer, another task), or that work would wait with it.
     fn flush(&mut self) -> io::Result<()>;
     /// Called after waking, before processing, to stop completions from signalling the wake-up
     /// descriptor while the shard is busy anyway.

@@ -337,8 +337,10 @@ impl MediaIo for UringIo {
         }
         self.ring.submitter().register_files_update(token, &[fd])?;
         let entry = self.st.recv_entry(token);
+        // Submitted with the next flush, wait or pass (see the trait), together with the other
+        // sockets of the session and of the other commands handled meanwhile: one system call
+        // instead of one per socket. Datagrams arriving meanwhile wait in the bound socket.
         self.push(&entry)?;
-        self.ring.submit()?;
         self.st.sockets[token as usize] = RecvState::Armed;
         Ok(())
     }
@@ -356,10 +358,8 @@ impl MediaIo for UringIo {
                 let cancel = opcode::AsyncCancel::new(KIND_RECV | u64::from(token))
                     .build()
                     .user_data(KIND_CANCEL | u64::from(token));
-                if let Err(e) = self
-                    .push(&cancel)
-                    .and_then(|()| self.ring.submit().map(drop))
-                {
+                // Submitted with the next flush, like the receives of `add_socket`.
+                if let Err(e) = self.push(&cancel) {
                     warn!(token, error = %e, "failed to cancel a socket's receive");
                 }
             }

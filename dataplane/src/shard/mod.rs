@@ -331,7 +331,14 @@ async fn control_loop(
                     pulse.taken();
                     cmd
                 }
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => {
+                    // The receives and cancellations of every command handled since the last
+                    // flush reach the kernel in one system call.
+                    if let Err(e) = shard.borrow_mut().io.flush() {
+                        error!(error = %e, "submitting socket changes failed");
+                    }
+                    break;
+                }
                 Err(TryRecvError::Disconnected) => {
                     stop(shard);
                     return None;
