@@ -86,8 +86,9 @@ pub trait MediaIo {
     /// The receive reaches the kernel with the next [`MediaIo::flush`] (or wait, or nudge).
     fn add_socket(&mut self, token: Token, fd: RawFd) -> io::Result<()>;
     /// Stops receiving on `token`. [`PacketHandler::on_socket_released`] follows from a later
-    /// [`MediaIo::process`]; the token must not be reused before that. Like
-    /// [`MediaIo::add_socket`], it takes effect with the next flush.
+    /// [`MediaIo::process`]; the token must not be reused before that. The socket leaves the
+    /// file table at once; the cancellation of its receive reaches the kernel with the next
+    /// flush, like the receive of [`MediaIo::add_socket`].
     fn remove_socket(&mut self, token: Token);
     /// Handles up to `budget` completions and says how many completions and packets it
     /// handled. The resulting sends are queued, not submitted: they go out with the next
