@@ -82,14 +82,17 @@ pub trait PacketHandler {
 
 /// A batched packet path owned by one shard.
 pub trait MediaIo {
-    /// Starts receiving on a bound, non-blocking UDP socket. The caller keeps owning `fd`.
-    /// The receive reaches the kernel with the next [`MediaIo::flush`] (or wait, or nudge).
-    fn add_socket(&mut self, token: Token, fd: RawFd) -> io::Result<()>;
-    /// Stops receiving on `token`. [`PacketHandler::on_socket_released`] follows from a later
-    /// [`MediaIo::process`]; the token must not be reused before that. The socket leaves the
-    /// file table at once; the cancellation of its receive reaches the kernel with the next
-    /// flush, like the receive of [`MediaIo::add_socket`].
-    fn remove_socket(&mut self, token: Token);
+    /// Starts receiving on bound, non-blocking UDP sockets, given as (token, descriptor); the
+    /// caller keeps owning the descriptors. Runs of consecutive tokens enter the file table in
+    /// one system call, so a session's sockets cost one when their tokens follow each other.
+    /// The receives reach the kernel with the next [`MediaIo::flush`] (or wait, or nudge). On
+    /// failure, returns how many of `sockets` (a prefix) were added, and why the next was not.
+    fn add_sockets(&mut self, sockets: &[(Token, RawFd)]) -> Result<(), (usize, io::Error)>;
+    /// Stops receiving on `tokens`. [`PacketHandler::on_socket_released`] follows for each
+    /// from a later [`MediaIo::process`]; a token must not be reused before that. The sockets
+    /// leave the file table at once (a run of consecutive tokens in one system call); the
+    /// cancellations of their receives reach the kernel with the next flush.
+    fn remove_sockets(&mut self, tokens: &[Token]);
     /// Handles up to `budget` completions and says how many completions and packets it
     /// handled. The resulting sends are queued, not submitted: they go out with the next
     /// [`MediaIo::wait_batch`], [`MediaIo::prepare_sleep`] or [`MediaIo::flush`], so a wake-up

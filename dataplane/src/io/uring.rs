@@ -327,50 +327,86 @@ fn push_split(
 }
 
 impl MediaIo for UringIo {
-    fn add_socket(&mut self, token: Token, fd: RawFd) -> io::Result<()> {
-        let state = self.st.sockets.get(token as usize).copied();
-        if state != Some(RecvState::Idle) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("socket slot {token} is not free"),
-            ));
+    fn add_sockets(&mut self, sockets: &[(Token, RawFd)]) -> Result<(), (usize, io::Error)> {
+        let mut added = 0;
+        for run in consecutive_runs(sockets, |&(token, _)| token) {
+            let first = run[0].0;
+            if let Some(&(token, _)) = run
+                .iter()
+                .find(|(t, _)| self.st.sockets.get(*t as usize) != Some(&RecvState::Idle))
+            {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("socket slot {token} is not free"),
+                );
+                return Err((added, e));
+            }
+            let fds: Vec<RawFd> = run.iter().map(|&(_, fd)| fd).collect();
+            // The kernel stops at the first slot it cannot update and reports how many it did.
+            let done = self
+                .ring
+                .submitter()
+                .register_files_update(first, &fds)
+                .map_err(|e| (added, e))?;
+            for &(token, _) in &run[..done.min(run.len())] {
+                // Submitted with the next flush, wait or pass (see the trait), together with
+                // the receives of the other commands handled meanwhile: one system call for all.
+                // Datagrams arriving meanwhile wait in the bound socket.
+                let entry = self.st.recv_entry(token);
+                self.push(&entry).map_err(|e| (added, e))?;
+                self.st.sockets[token as usize] = RecvState::Armed;
+                added += 1;
+            }
+            if done < run.len() {
+                let e = io::Error::other(format!(
+                    "the kernel registered {done} of {} sockets from slot {first}",
+                    run.len()
+                ));
+                return Err((added, e));
+            }
         }
-        self.ring.submitter().register_files_update(token, &[fd])?;
-        let entry = self.st.recv_entry(token);
-        // Submitted with the next flush, wait or pass (see the trait), together with the other
-        // sockets of the session and of the other commands handled meanwhile: one system call
-        // instead of one per socket. Datagrams arriving meanwhile wait in the bound socket.
-        self.push(&entry)?;
-        self.st.sockets[token as usize] = RecvState::Armed;
         Ok(())
     }
 
-    fn remove_socket(&mut self, token: Token) {
-        let Some(state) = self.st.sockets.get(token as usize).copied() else {
-            return;
-        };
-        if let Err(e) = self.ring.submitter().register_files_update(token, &[-1]) {
-            warn!(token, error = %e, "failed to clear a registered socket slot");
+    fn remove_sockets(&mut self, tokens: &[Token]) {
+        const CLEAR: [RawFd; 4] = [-1; 4];
+        for run in consecutive_runs(tokens, |&token| token) {
+            for chunk in run.chunks(CLEAR.len()) {
+                if let Err(e) = self
+                    .ring
+                    .submitter()
+                    .register_files_update(chunk[0], &CLEAR[..chunk.len()])
+                {
+                    warn!(token = chunk[0], error = %e, "failed to clear registered socket slots");
+                }
+            }
         }
-        match state {
-            RecvState::Armed => {
-                self.st.sockets[token as usize] = RecvState::Closing;
-                let cancel = opcode::AsyncCancel::new(KIND_RECV | u64::from(token))
-                    .build()
-                    .user_data(KIND_CANCEL | u64::from(token));
-                // Submitted with the next flush, like the receives of `add_socket`.
-                if let Err(e) = self.push(&cancel) {
-                    warn!(token, error = %e, "failed to cancel a socket's receive");
+        let mut released = false;
+        for &token in tokens {
+            let Some(state) = self.st.sockets.get(token as usize).copied() else {
+                continue;
+            };
+            match state {
+                RecvState::Armed => {
+                    self.st.sockets[token as usize] = RecvState::Closing;
+                    let cancel = opcode::AsyncCancel::new(KIND_RECV | u64::from(token))
+                        .build()
+                        .user_data(KIND_CANCEL | u64::from(token));
+                    // Submitted with the next flush, like the receives of `add_sockets`.
+                    if let Err(e) = self.push(&cancel) {
+                        warn!(token, error = %e, "failed to cancel a socket's receive");
+                    }
                 }
-            }
-            RecvState::Rearm | RecvState::Idle => {
-                self.st.sockets[token as usize] = RecvState::Idle;
-                self.released.push(token);
-                if let Err(e) = self.nudge() {
-                    warn!(token, error = %e, "failed to wake the shard for a socket release");
+                RecvState::Rearm | RecvState::Idle => {
+                    self.st.sockets[token as usize] = RecvState::Idle;
+                    self.released.push(token);
+                    released = true;
                 }
+                RecvState::Closing => {}
             }
-            RecvState::Closing => {}
+        }
+        if released && let Err(e) = self.nudge() {
+            warn!(error = %e, "failed to wake the shard for a socket release");
         }
     }
 
@@ -515,6 +551,12 @@ impl MediaIo for UringIo {
     fn wake_fd(&self) -> RawFd {
         self.efd.as_raw_fd()
     }
+}
+
+/// Splits `items` into maximal runs whose tokens count up by one (`[4, 5, 9, 2, 3]` gives
+/// `[4, 5]`, `[9]`, `[2, 3]`), the shape one file-table update can take.
+fn consecutive_runs<T>(items: &[T], token: impl Fn(&T) -> Token) -> impl Iterator<Item = &[T]> {
+    items.chunk_by(move |a, b| token(a).checked_add(1) == Some(token(b)))
 }
 
 /// A multishot readiness poll of `fd`: a completion each time it becomes readable.
@@ -717,4 +759,28 @@ fn fill_send_slot(slot: &mut SendSlot, to: &SocketAddr, tag: u64, ptr: *const u8
 /// Sets the destination of the slot's copy, which sends the same bytes (`fill_send_slot` first).
 fn fill_copy(slot: &mut SendSlot, to: &SocketAddr) {
     slot.copy_addr_len = sockaddr::encode(to, &mut slot.copy_addr);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consecutive_runs;
+
+    fn runs(tokens: &[u32]) -> Vec<Vec<u32>> {
+        consecutive_runs(tokens, |&t| t)
+            .map(<[u32]>::to_vec)
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_tokens_form_one_run_and_gaps_split() {
+        assert_eq!(runs(&[4, 5, 6, 7]), [vec![4, 5, 6, 7]]);
+        assert_eq!(runs(&[4, 5, 9, 2, 3]), [vec![4, 5], vec![9], vec![2, 3]]);
+        assert_eq!(runs(&[7, 6]), [vec![7], vec![6]], "descending is no run");
+        assert_eq!(
+            runs(&[u32::MAX, 0]),
+            [vec![u32::MAX], vec![0]],
+            "no wrap-around"
+        );
+        assert!(runs(&[]).is_empty());
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::ops::Bound;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -101,7 +101,7 @@ impl Fork {
 enum Transport {
     /// The sockets live in the I/O layer's registered-file table only: the table holds a
     /// reference to each, so the session keeps no descriptor open and 10,000+ sessions fit in a
-    /// process's open-files limit. Clearing the slot (`remove_socket`) closes the socket.
+    /// process's open-files limit. Clearing the slot (`remove_sockets`) closes the socket.
     Udp { relay: UdpRelay, tokens: [Token; 4] },
     /// Driven by its own glommio task, which owns the sockets.
     Tcp(TcpSession),
@@ -255,11 +255,15 @@ impl SessionTable {
             self.sessions.push(None);
             (self.sessions.len() - 1) as u32
         });
+        // Checked above: at least four tokens are free. In ascending order, so that four
+        // consecutive tokens (the usual case) enter the ring's file table in one system call.
         let mut tokens = [0; 4];
-        for (leg, token) in Leg::ALL.into_iter().zip(tokens.iter_mut()) {
-            // Checked above: at least four tokens are free.
+        for token in &mut tokens {
             *token = self.free_tokens.pop().unwrap_or_default();
-            self.sockets[*token as usize] = Some(SocketRef { session: slot, leg });
+        }
+        tokens.sort_unstable();
+        for (leg, &token) in Leg::ALL.into_iter().zip(&tokens) {
+            self.sockets[token as usize] = Some(SocketRef { session: slot, leg });
         }
         self.next_generation = self.next_generation.wrapping_add(1);
         let (listen_addr, connect_addr) = (listen.addr, out.addr);
@@ -299,23 +303,23 @@ impl SessionTable {
 
         // Our descriptors are closed when `sockets` drops at the end of this function: from
         // then on only the registered-file table keeps each socket (and its port) alive.
-        for k in 0..4 {
-            if let Err(source) = io.add_socket(tokens[k], sockets[k].as_raw_fd()) {
-                warn!(session = %spec.id, error = %source, "registering a socket failed; rolling back");
-                // Sockets 0..k have a receive pending and are released through the I/O layer;
-                // k.. were never registered and are released now.
-                for &t in &tokens[k..] {
-                    self.sockets[t as usize] = None;
-                    self.free_tokens.push(t);
-                }
-                self.begin_close(io, slot, CloseReason::Destroyed, None, k as u8, true);
-                let field = if k < 2 {
-                    EndpointField::Listen
-                } else {
-                    EndpointField::Connect
-                };
-                return Err(CreateError::Socket { field, source });
+        let registering: [(Token, RawFd); 4] =
+            std::array::from_fn(|k| (tokens[k], sockets[k].as_raw_fd()));
+        if let Err((k, source)) = io.add_sockets(&registering) {
+            warn!(session = %spec.id, error = %source, "registering a socket failed; rolling back");
+            // Sockets 0..k have a receive pending and are released through the I/O layer;
+            // k.. were never registered and are released now.
+            for &t in &tokens[k..] {
+                self.sockets[t as usize] = None;
+                self.free_tokens.push(t);
             }
+            self.begin_close(io, slot, CloseReason::Destroyed, None, k as u8, true);
+            let field = if k < 2 {
+                EndpointField::Listen
+            } else {
+                EndpointField::Connect
+            };
+            return Err(CreateError::Socket { field, source });
         }
         self.by_id.insert(id, slot);
         let snapshot = self.snapshot(slot, SessionState::Forwarding);
@@ -681,9 +685,7 @@ impl SessionTable {
         };
         // Clearing a registered slot drops the last reference but the pending receive's: the
         // port is free once that receive has ended (see `on_socket_released`).
-        for &t in &tokens[..usize::from(registered)] {
-            io.remove_socket(t);
-        }
+        io.remove_sockets(&tokens[..usize::from(registered)]);
         if registered > 0
             && let Err(e) = io.nudge()
         {
