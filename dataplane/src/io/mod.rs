@@ -75,7 +75,7 @@ pub trait PacketHandler {
     /// A receive on `token` failed with `errno`, typically an ICMP error the kernel queued on
     /// the socket (port or host unreachable); receiving goes on.
     fn on_socket_error(&mut self, token: Token, errno: i32);
-    /// A socket passed to [`MediaIo::remove_socket`] is no longer referenced by any pending
+    /// A socket passed to [`MediaIo::remove_sockets`] is no longer referenced by any pending
     /// receive: once the caller has closed its descriptor, its port is free.
     fn on_socket_released(&mut self, token: Token);
 }
@@ -115,8 +115,8 @@ pub trait MediaIo {
     /// so a shard waiting on its ring still answers commands at once. Must not be an eventfd
     /// with deferred task work (see the shard's doorbell module).
     fn watch(&mut self, fd: RawFd) -> io::Result<()>;
-    /// Submits what [`MediaIo::process`], [`MediaIo::add_socket`] and
-    /// [`MediaIo::remove_socket`] queued. Needed before the shard awaits anything but its own
+    /// Submits what [`MediaIo::process`], [`MediaIo::add_sockets`] and
+    /// [`MediaIo::remove_sockets`] queued. Needed before the shard awaits anything but its own
     /// ring (a timer, another task), or that work would wait with it.
     fn flush(&mut self) -> io::Result<()>;
     /// Called after waking, before processing, to stop completions from signalling the wake-up

@@ -420,6 +420,11 @@ async fn supervise(shard: Rc<RefCell<Shard>>, tick: std::time::Duration, pulse: 
                     break;
                 }
                 table.tick_part(io, unix_now_us(), part, TICK_PARTS);
+                // Sessions that timed out cancel their receives: submit that now, not at the
+                // media task's next wake-up.
+                if let Err(e) = io.flush() {
+                    error!(error = %e, "submitting socket changes failed");
+                }
             }
             glommio::executor().yield_now().await;
         }

@@ -684,14 +684,11 @@ impl SessionTable {
             }
         };
         // Clearing a registered slot drops the last reference but the pending receive's: the
-        // port is free once that receive has ended (see `on_socket_released`).
+        // port is free once that receive has ended (see `on_socket_released`). The cancellations
+        // reach the kernel with the caller's next flush (the control task's after a burst of
+        // commands, the supervisor's after each share of its tick); their completions wake the
+        // media task.
         io.remove_sockets(&tokens[..usize::from(registered)]);
-        if registered > 0
-            && let Err(e) = io.nudge()
-        {
-            // Only delays the release until the shard's next wake-up.
-            warn!(error = %e, "waking the media task for a socket release failed");
-        }
         if registered == 0 {
             self.finish_close(slot);
         }
