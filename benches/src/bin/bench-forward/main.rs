@@ -38,7 +38,8 @@ const MAX_FLOWS: usize = 2000;
 struct Args {
     /// Variants to compare: `ref` (epoll), `ref-uring` (bare io_uring), `ref-uring-msg` (io_uring
     /// with rtprelay's per-packet kernel work: source address, timestamp, unconnected sends)
-    /// and/or `rtprelay-N` (N shards). The first is the baseline.
+    /// and/or `rtprelay-N` (N shards; `rtprelay-N:FILE` runs it with `--config FILE`, to compare
+    /// configurations in one run). The first is the baseline.
     #[arg(long, value_delimiter = ',', default_value = "ref,rtprelay-1")]
     variants: Vec<String>,
     /// Flow counts (one case each).
@@ -84,7 +85,7 @@ struct Args {
     settle_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Variant {
     /// ref-forwarder with epoll + recvmmsg/sendmmsg.
     Ref,
@@ -94,6 +95,8 @@ enum Variant {
     RefUringMsg,
     Relay {
         shards: u32,
+        /// Given to the relay as `--config`.
+        config: Option<PathBuf>,
     },
 }
 
@@ -104,10 +107,20 @@ fn parse_variant(name: &str) -> Result<Variant> {
         "ref-uring-msg" => return Ok(Variant::RefUringMsg),
         _ => {}
     }
-    match name.strip_prefix("rtprelay-").map(str::parse::<u32>) {
-        Some(Ok(shards)) if shards >= 1 => Ok(Variant::Relay { shards }),
+    let (relay, config) = match name.split_once(':') {
+        Some((relay, file)) => (relay, Some(PathBuf::from(file))),
+        None => (name, None),
+    };
+    if let Some(file) = &config
+        && !file.is_file()
+    {
+        bail!("variant {name:?}: config file {} not found", file.display());
+    }
+    match relay.strip_prefix("rtprelay-").map(str::parse::<u32>) {
+        Some(Ok(shards)) if shards >= 1 => Ok(Variant::Relay { shards, config }),
         _ => bail!(
-            "unknown variant {name:?} (expected `ref`, `ref-uring`, `ref-uring-msg` or `rtprelay-N`)"
+            "unknown variant {name:?} (expected `ref`, `ref-uring`, `ref-uring-msg`, `rtprelay-N` \
+             or `rtprelay-N:CONFIG`)"
         ),
     }
 }
@@ -170,7 +183,7 @@ fn main() -> Result<()> {
         args,
     };
     for (name, v) in &variants {
-        if let Variant::Relay { shards } = v
+        if let Variant::Relay { shards, .. } = v
             && *shards as usize > ctx.args.loadgen_core
         {
             eprintln!(
@@ -201,7 +214,7 @@ fn run_all(ctx: &Ctx, variants: &[(String, Variant)], stamp: u64) -> Result<()> 
                 procs::wait_for_quiet(a.quiet_pct, Duration::from_secs(a.quiet_wait));
                 let n = trials.len() + 1;
                 eprintln!("[{n}/{total}] {name} flows={flows} repeat={}", repeat + 1);
-                let outcome = run_trial(ctx, *variant, flows, n).map_err(|e| format!("{e:#}"));
+                let outcome = run_trial(ctx, variant, flows, n).map_err(|e| format!("{e:#}"));
                 match &outcome {
                     Ok(m) => eprintln!(
                         "    cpu {:.3} us/pkt ({:.1}% of a core), loss {:.3}%, p50 {:.1} us, p99 {:.1} us, sent {:.0} pps, other CPU {:.1}%{}",
@@ -281,7 +294,7 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn run_trial(ctx: &Ctx, variant: Variant, flows: usize, trial: usize) -> Result<Measured> {
+fn run_trial(ctx: &Ctx, variant: &Variant, flows: usize, trial: usize) -> Result<Measured> {
     let sinks: Vec<SocketAddr> = (0..flows).map(|i| loopback(port(SINK_BASE, i))).collect();
     match variant {
         Variant::Ref | Variant::RefUring | Variant::RefUringMsg => {
@@ -318,9 +331,15 @@ fn run_trial(ctx: &Ctx, variant: Variant, flows: usize, trial: usize) -> Result<
             fwd.stop(Duration::from_secs(3));
             Ok(m)
         }
-        Variant::Relay { shards } => {
+        Variant::Relay { shards, config } => {
             let grpc_port = relay::free_tcp_port()?;
-            let mut relay = relay::start(&ctx.relay_bin, shards, grpc_port, &ctx.log)?;
+            let mut relay = relay::start(
+                &ctx.relay_bin,
+                *shards,
+                config.as_deref(),
+                grpc_port,
+                &ctx.log,
+            )?;
             // Declared after `relay`, so on any error the client and its runtime are dropped
             // (closing the gRPC connection) before the relay is stopped.
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -28,9 +28,15 @@ pub fn free_tcp_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Starts `rtprelay` with `shards` data-plane shards, its output appended to `log`, and waits
-/// until its gRPC port accepts connections.
-pub fn start(bin: &Path, shards: u32, grpc_port: u16, log: &Path) -> Result<ChildGuard> {
+/// Starts `rtprelay` with `shards` data-plane shards (and `config` as its `--config`), its
+/// output appended to `log`, and waits until its gRPC port accepts connections.
+pub fn start(
+    bin: &Path,
+    shards: u32,
+    config: Option<&Path>,
+    grpc_port: u16,
+    log: &Path,
+) -> Result<ChildGuard> {
     if !bin.exists() {
         bail!(
             "relay binary {} does not exist (build it with cargo build --release -p rtprelay)",
@@ -56,6 +62,9 @@ pub fn start(bin: &Path, shards: u32, grpc_port: u16, log: &Path) -> Result<Chil
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
     let mut guard = ChildGuard::spawn(&format!("rtprelay-{shards}"), &mut cmd)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], grpc_port));
     let deadline = Instant::now() + STARTUP_TIMEOUT;
