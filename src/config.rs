@@ -130,6 +130,7 @@ pub struct Media {
     pub allow_nonlocal: bool,
     pub socket_rcvbuf: usize,
     pub max_packet_age_ms: u64,
+    pub connect_destination: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -92,6 +92,7 @@ fn dataplane_config(config: &Config, open_files: Option<u64>) -> anyhow::Result<
         dscp: config.media.dscp,
         freebind: config.media.allow_nonlocal,
         rcvbuf: config.media.socket_rcvbuf,
+        connect_destination: config.media.connect_destination,
     };
     dp.uring = UringConfig {
         sq_entries: d.sq_entries,

@@ -80,6 +80,37 @@ fn exchange(call: &Call, n: u16, seq0: u16) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (fwd, rev)
 }
 
+/// `connect_destination` connects only sessions whose destination is fixed (gRPC): rtpproxy
+/// sessions learn their peers from the first packets (a NATed phone rarely sends from the port
+/// its SDP names), so their sockets stay unconnected and media flows as without the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_destination_leaves_rtpproxy_sessions_unconnected() {
+    let ctl_port = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl_port}");
+    let config = std::env::temp_dir().join(format!("rtprelay-connect-{ctl_port}.toml"));
+    std::fs::write(&config, "[media]\nconnect_destination = true\n").unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let (_relay, _grpc) =
+        Relay::start(1, &["--rtpproxy-listen", &listen, "--config", &config_arg]).await;
+    let _ = std::fs::remove_file(&config);
+    let c = Controller::on_port(ctl_port);
+    let mut call = setup_call(&c, "connect-1@test");
+    exchange(&call, 3, 100);
+    // `Ln` re-creates the session on a new port with both peers known: still not connected.
+    let callee_port = call.callee.local_addr().unwrap().port();
+    call.to_caller = port_of(&c.ask(
+        "n",
+        &format!("Ln {} 127.0.0.1 {callee_port} ftag;1 ttag;1", call.id),
+    ));
+    exchange(&call, 3, 200);
+    for port in [call.to_caller, call.to_callee] {
+        for port in [port, port + 1] {
+            let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            assert_eq!(udp_peer_of(local), None, "relay socket {local}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_forks_both_directions_until_n() {
     let ctl_port = free_udp_port();

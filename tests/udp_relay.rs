@@ -221,6 +221,91 @@ async fn strangers_and_early_reverse_packets_are_dropped_and_counted() {
     assert_eq!((dropped.no_client, dropped.unexpected_source), (1, 1));
 }
 
+/// With `connect_destination`, a gRPC session's connect-side sockets are connected to the
+/// destination (RTP) and its port + 1 (RTCP), media flows both ways as before, and a stranger's
+/// packets are dropped by the kernel: they reach neither the client nor the session's counters.
+/// Without it (the default) the sockets stay unconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_destination_sockets_relay_and_leave_strangers_to_the_kernel() {
+    for connect in [false, true] {
+        let (_relay, mut client) =
+            start_with_config(&format!("[media]\nconnect_destination = {connect}\n")).await;
+        let (dest_rtp, dest_rtcp) = udp_pair(51200);
+        let dest = dest_rtp.local_addr().unwrap();
+        let info = client
+            .create_session(create_req("connected", 0, 0, dest))
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        let (listen, connect_addr) = (addr_of(&info.listen), addr_of(&info.connect));
+        let expect = |peer: SocketAddr| connect.then_some(peer);
+        assert_eq!(udp_peer_of(connect_addr), expect(dest), "connect-side RTP");
+        assert_eq!(
+            udp_peer_of(Call::rtcp(connect_addr)),
+            expect(Call::rtcp(dest)),
+            "connect-side RTCP"
+        );
+        assert_eq!(udp_peer_of(listen), None, "listen side (learns the client)");
+
+        let (client_rtp, client_rtcp) = udp_pair(51300);
+        for n in 0..3u8 {
+            relay_one(&client_rtp, listen, &dest_rtp, connect_addr, &[n; 160]);
+            relay_one(&dest_rtp, connect_addr, &client_rtp, listen, &[n + 10; 160]);
+        }
+        let rtcp_out = Call::rtcp(connect_addr);
+        relay_one(
+            &client_rtcp,
+            Call::rtcp(listen),
+            &dest_rtcp,
+            rtcp_out,
+            b"rtcp-fwd",
+        );
+        relay_one(
+            &dest_rtcp,
+            rtcp_out,
+            &client_rtcp,
+            Call::rtcp(listen),
+            b"rtcp-rev",
+        );
+
+        let stranger = udp(0);
+        stranger.send_to(b"spoof", connect_addr).unwrap();
+        // The session still relays after it, and the stranger's packet did not get through.
+        relay_one(&dest_rtp, connect_addr, &client_rtp, listen, b"after");
+        client_rtp
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            client_rtp.recv_from(&mut [0u8; 64]).is_err(),
+            "a stranger's packet was relayed"
+        );
+
+        let info = client
+            .get_session_status(v1::GetSessionStatusRequest {
+                session_id: "connected".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap();
+        let (fwd, rev) = (info.forward.unwrap(), info.reverse.unwrap());
+        assert_eq!(fwd.rtp.unwrap().packets_sent, 3);
+        assert_eq!(fwd.rtcp.unwrap().packets_sent, 1);
+        let rev_rtp = rev.rtp.unwrap();
+        assert_eq!(rev_rtp.packets_sent, 4);
+        // Seen and counted by the relay only while unconnected.
+        let strangers = rev_rtp.dropped.unwrap().unexpected_source;
+        assert_eq!(
+            strangers,
+            u64::from(!connect),
+            "connect_destination = {connect}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_returns_final_counters_and_frees_the_ports() {
     let (relay, mut client) = Relay::start(2, &[]).await;
@@ -589,16 +674,20 @@ async fn media_with_commands(
 /// default slice, which the noise of a shared machine can hide (a 6 ms p50 was seen with the
 /// fix in place).
 async fn start_with_long_slice(dataplane: &str) -> (Relay, RelayClient<Channel>) {
+    start_with_config(&format!(
+        "[dataplane]\npreempt_ms = {LONG_SLICE_MS}\n{dataplane}"
+    ))
+    .await
+}
+
+/// Starts a one-shard relay with `toml` as its configuration file.
+async fn start_with_config(toml: &str) -> (Relay, RelayClient<Channel>) {
     let config = std::env::temp_dir().join(format!(
-        "rtprelay-slice-{}-{}.toml",
+        "rtprelay-config-{}-{}.toml",
         std::process::id(),
         NEXT_CONFIG.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     ));
-    std::fs::write(
-        &config,
-        format!("[dataplane]\npreempt_ms = {LONG_SLICE_MS}\n{dataplane}"),
-    )
-    .unwrap();
+    std::fs::write(&config, toml).unwrap();
     let config_arg = config.to_string_lossy().into_owned();
     let started = Relay::start(1, &["--config", &config_arg]).await;
     let _ = std::fs::remove_file(&config);

@@ -50,6 +50,12 @@ pub struct SocketOptions {
     pub freebind: bool,
     /// Receive buffer per socket in bytes (0 = the kernel default).
     pub rcvbuf: usize,
+    /// Connect a session's connect-side sockets to its destination when only the destination
+    /// may answer (gRPC's strict latching): sends then take the socket's cached route instead
+    /// of a route lookup per packet, and the kernel drops other senders before the relay sees
+    /// them, so those are no longer counted per session (the kernel counts them as UDP
+    /// NoPorts and answers with ICMP port unreachable).
+    pub connect_destination: bool,
 }
 
 impl Default for SocketOptions {
@@ -59,6 +65,7 @@ impl Default for SocketOptions {
             dscp: 46,
             freebind: false,
             rcvbuf: 0,
+            connect_destination: false,
         }
     }
 }
@@ -213,6 +220,23 @@ pub fn bind_pair(
         rtcp,
         addr,
         device_bound: device.is_some() && device_binding_available(),
+    })
+}
+
+/// Connects `pair` to `peer` (RTP) and `peer`'s port + 1 (RTCP, the only RTCP address a
+/// strict session accepts). Returns which of the two are connected; a failure (no route to
+/// `peer` yet) leaves that socket unconnected, which works as before, only slower.
+pub fn connect_pair(pair: &UdpPair, peer: SocketAddr) -> [bool; 2] {
+    let Some(rtcp_port) = peer.port().checked_add(1) else {
+        return [false, false];
+    };
+    let rtcp = SocketAddr::new(peer.ip(), rtcp_port);
+    [(&pair.rtp, peer), (&pair.rtcp, rtcp)].map(|(socket, to)| match socket.connect(&to.into()) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(local = %pair.addr, peer = %to, error = %e, "connecting a media socket failed; it sends unconnected");
+            false
+        }
     })
 }
 

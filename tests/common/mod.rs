@@ -263,6 +263,33 @@ pub fn create_req(
     }
 }
 
+/// The peer an IPv4 UDP socket bound to `local` is connected to (`None`: unconnected), from
+/// /proc/net/udp of this network namespace. Panics if no socket is bound to `local`.
+pub fn udp_peer_of(local: SocketAddr) -> Option<SocketAddr> {
+    let SocketAddr::V4(local) = local else {
+        panic!("udp_peer_of reads IPv4 sockets only, not {local}");
+    };
+    // The kernel prints an address as the 32-bit word in memory (network byte order read
+    // natively) and the port in host order, both in hex.
+    let hex = |ip: std::net::Ipv4Addr, port: u16| {
+        format!("{:08X}:{:04X}", u32::from_ne_bytes(ip.octets()), port)
+    };
+    let want = hex(*local.ip(), local.port());
+    let table = std::fs::read_to_string("/proc/net/udp").expect("read /proc/net/udp");
+    let remote = table
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            (fields.next()? == want).then(|| fields.next().map(str::to_owned))?
+        })
+        .unwrap_or_else(|| panic!("no UDP socket bound to {local} in /proc/net/udp"));
+    let (ip, port) = remote.split_once(':').expect("address:port");
+    let ip = u32::from_str_radix(ip, 16).expect("hex address");
+    let port = u16::from_str_radix(port, 16).expect("hex port");
+    (port != 0).then(|| SocketAddr::from((ip.to_ne_bytes(), port)))
+}
+
 /// A recognisable payload of `len` bytes for packet `n` of session `s`.
 pub fn payload(s: usize, n: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (s * 31 + n * 7 + i) as u8).collect()

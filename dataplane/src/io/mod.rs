@@ -42,6 +42,8 @@ pub enum Action {
     Send {
         via: Token,
         to: SocketAddr,
+        /// `via` is connected to `to`: send without an address, on the socket's cached route.
+        connected: bool,
         tag: u64,
         /// Also send the same bytes from socket `.0` to `.1` (media forking, rtpproxy `C`).
         /// The buffer is shared by both sends and goes back to the pool when both completed;

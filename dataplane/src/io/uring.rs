@@ -109,6 +109,7 @@ struct SendSlot {
     data: *const u8,
     len: u32,
     addr: libc::sockaddr_in6,
+    /// 0: the sending socket is connected to the destination; the send names no address.
     addr_len: libc::socklen_t,
     copy_addr: libc::sockaddr_in6,
     copy_addr_len: libc::socklen_t,
@@ -617,12 +618,16 @@ impl Shared {
     fn send_entry(&self, send: PendingSend) -> squeue::Entry {
         let slot = &self.sends[usize::from(send.bid)];
         // A plain send with a destination address: unlike SendMsg, the kernel copies in neither
-        // a msghdr nor an iovec per packet.
-        opcode::Send::new(types::Fixed(send.via), slot.data, slot.len)
-            .dest_addr((&raw const slot.addr).cast())
-            .dest_addr_len(slot.addr_len)
-            // Media is late if it waits: a full socket buffer drops (and counts) the packet.
-            .flags(libc::MSG_DONTWAIT)
+        // a msghdr nor an iovec per packet. On a connected socket, without one: the kernel
+        // then copies in no address and looks up no route.
+        let mut op = opcode::Send::new(types::Fixed(send.via), slot.data, slot.len);
+        if slot.addr_len != 0 {
+            op = op
+                .dest_addr((&raw const slot.addr).cast())
+                .dest_addr_len(slot.addr_len);
+        }
+        // Media is late if it waits: a full socket buffer drops (and counts) the packet.
+        op.flags(libc::MSG_DONTWAIT)
             .build()
             .user_data(KIND_SEND | u64::from(send.bid))
     }
@@ -706,11 +711,19 @@ impl Shared {
             // `fallback_us` is when this pass started: the packet waited at least this long.
             late: self.max_age_us != 0 && fallback_us.saturating_sub(arrival_us) > self.max_age_us,
         };
-        let Action::Send { via, to, tag, copy } = handler.on_packet(packet) else {
+        let Action::Send {
+            via,
+            to,
+            connected,
+            tag,
+            copy,
+        } = handler.on_packet(packet)
+        else {
             return None;
         };
         let slot = &mut self.sends[usize::from(bid)];
-        fill_send_slot(slot, &to, tag, payload.as_ptr(), payload.len());
+        let to = (!connected).then_some(&to);
+        fill_send_slot(slot, to, tag, payload.as_ptr(), payload.len());
         slot.arrival_us = arrival_us;
         slot.pending = 1;
         let copy_via = copy.map(|(copy_via, copy_to)| {
@@ -748,8 +761,15 @@ impl Shared {
     }
 }
 
-fn fill_send_slot(slot: &mut SendSlot, to: &SocketAddr, tag: u64, ptr: *const u8, len: usize) {
-    slot.addr_len = sockaddr::encode(to, &mut slot.addr);
+/// `to` is `None` when the sending socket is connected to the destination.
+fn fill_send_slot(
+    slot: &mut SendSlot,
+    to: Option<&SocketAddr>,
+    tag: u64,
+    ptr: *const u8,
+    len: usize,
+) {
+    slot.addr_len = to.map_or(0, |to| sockaddr::encode(to, &mut slot.addr));
     slot.data = ptr;
     // Buffers hold at most one UDP datagram (< 64 KiB).
     slot.len = len as u32;

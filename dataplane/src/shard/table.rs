@@ -27,9 +27,12 @@ use crate::ports::{PortAllocator, PortRange};
 use crate::record::Recorder;
 use crate::rtp;
 use crate::session::monitor::{Due, Monitor, Observed};
+use crate::session::peer::{self, Latching};
 use crate::session::udp::{UdpRelay, Verdict};
 use crate::session::{ForkSnapshot, Leg, Protocol, SessionSnapshot, SessionSpec, SessionState};
-use crate::socket::{BindError, SocketOptions, UdpPair, bind_pair, bind_tcp_listener};
+use crate::socket::{
+    BindError, SocketOptions, UdpPair, bind_pair, bind_tcp_listener, connect_pair,
+};
 use crate::tcp::TcpSession;
 use crate::time::unix_now_us;
 
@@ -102,7 +105,13 @@ enum Transport {
     /// The sockets live in the I/O layer's registered-file table only: the table holds a
     /// reference to each, so the session keeps no descriptor open and 10,000+ sessions fit in a
     /// process's open-files limit. Clearing the slot (`remove_sockets`) closes the socket.
-    Udp { relay: UdpRelay, tokens: [Token; 4] },
+    Udp {
+        relay: UdpRelay,
+        tokens: [Token; 4],
+        /// The connect-side RTP and RTCP sockets are connected to the destination
+        /// ([`SocketOptions::connect_destination`]).
+        connected: [bool; 2],
+    },
     /// Driven by its own glommio task, which owns the sockets.
     Tcp(TcpSession),
 }
@@ -246,6 +255,16 @@ impl SessionTable {
         }
         let listen = self.bind(EndpointField::Listen, spec.listen)?;
         let out = self.bind(EndpointField::Connect, spec.connect)?;
+        // Only a strict session never sends from, nor accepts on, its connect side anything
+        // but the destination; the others learn or change it later.
+        let connected = if self.sock_opts.connect_destination
+            && spec.options.latching == Latching::Strict
+            && peer::known(spec.destination).is_some()
+        {
+            connect_pair(&out, spec.destination)
+        } else {
+            [false; 2]
+        };
         self.allocator(listen.addr.ip())
             .claim(listen.addr.ip(), listen.addr.port());
         self.allocator(out.addr.ip())
@@ -294,6 +313,7 @@ impl SessionTable {
                     relay
                 },
                 tokens,
+                connected,
             },
             closing: None,
             fork: None,
@@ -960,7 +980,12 @@ impl PacketHandler for SessionTable {
         if entry.closing.is_some() {
             return Action::Drop;
         }
-        let Transport::Udp { relay, tokens, .. } = &mut entry.transport else {
+        let Transport::Udp {
+            relay,
+            tokens,
+            connected: out_connected,
+        } = &mut entry.transport
+        else {
             return Action::Drop;
         };
         match relay.on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us) {
@@ -969,6 +994,17 @@ impl PacketHandler for SessionTable {
                 Action::Drop
             }
             Verdict::Send { via, to } => {
+                // A strict session's destination is fixed, so this holds whenever the socket is
+                // connected; checked anyway, as a send without an address goes to the peer.
+                let connected = match via {
+                    Leg::OutRtp => out_connected[0] && to == entry.destination,
+                    Leg::OutRtcp => {
+                        out_connected[1]
+                            && to.ip() == entry.destination.ip()
+                            && u32::from(to.port()) == u32::from(entry.destination.port()) + 1
+                    }
+                    Leg::ListenRtp | Leg::ListenRtcp => false,
+                };
                 let mut copy = None;
                 if let Some(fork) = entry.fork.as_deref_mut() {
                     copy = fork.copy_target.and_then(|t| fork_copy(leg, t, tokens));
@@ -986,6 +1022,7 @@ impl PacketHandler for SessionTable {
                 Action::Send {
                     via: tokens[via as usize],
                     to,
+                    connected,
                     tag: tag(slot, entry.generation, via),
                     copy,
                 }
