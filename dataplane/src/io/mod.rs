@@ -38,7 +38,7 @@ pub enum Action {
     /// Release the buffer.
     Drop,
     /// Send the payload unchanged from socket `via` to `to`; `tag` comes back in
-    /// [`PacketHandler::on_sent`].
+    /// [`PacketHandler::on_send_failed`] if the kernel refuses it.
     Send {
         via: Token,
         to: SocketAddr,
@@ -61,6 +61,10 @@ pub struct Received<'a> {
     pub truncated: bool,
     /// Kernel receive timestamp, microseconds since the Unix epoch.
     pub arrival_us: u64,
+    /// When the shard took it from the ring (read once per few packets of a pass), same clock.
+    /// A send it asks for is handed to the kernel in the system call that follows the pass, so
+    /// `now_us - arrival_us` is the packet's residence in the relay.
+    pub now_us: u64,
     /// It waited in the kernel longer than the configured maximum packet age.
     pub late: bool,
 }
@@ -69,9 +73,10 @@ pub struct Received<'a> {
 pub trait PacketHandler {
     /// A datagram arrived (see [`Received`]).
     fn on_packet(&mut self, packet: Received<'_>) -> Action;
-    /// A send requested by [`Action::Send`] completed (`Ok(bytes)`) or failed. `residence_us` is
-    /// the time from the packet's arrival to this completion, when the arrival time is known.
-    fn on_sent(&mut self, tag: u64, result: io::Result<usize>, residence_us: Option<u64>);
+    /// A send of `len` bytes requested by [`Action::Send`] failed. Successful sends are not
+    /// reported: the handler counts a send when it asks for it, while the session's state is
+    /// still in cache, and takes it back here.
+    fn on_send_failed(&mut self, tag: u64, len: usize, error: io::Error);
     /// The copy requested alongside an [`Action::Send`] completed or failed.
     fn on_copy_sent(&mut self, tag: u64, result: io::Result<usize>);
     /// A receive on `token` failed with `errno`, typically an ICMP error the kernel queued on

@@ -101,6 +101,8 @@ const KIND_WATCH: u64 = 6 << KIND_SHIFT;
 /// A read of a socket's error queue (IP_RECVERR reports), whose content is not needed.
 const KIND_ERRQ: u64 = 7 << KIND_SHIFT;
 const KIND_MASK: u64 = 0xff << KIND_SHIFT;
+/// A pass reads the clock before its first completion and again every this many.
+const CLOCK_EVERY: usize = 16;
 
 /// What the pending sends of one receive buffer need; one per buffer. A buffer is in at most
 /// two sends at a time: its relay send and, when the session is forked, its copy. Both send the
@@ -114,8 +116,6 @@ struct SendSlot {
     copy_addr: libc::sockaddr_in6,
     copy_addr_len: libc::socklen_t,
     tag: u64,
-    /// The packet's arrival time (0 = unknown), for its residence time.
-    arrival_us: u64,
     /// Sends still in flight from this buffer; it goes back to the ring when this reaches 0.
     pending: u8,
 }
@@ -234,7 +234,6 @@ impl UringIo {
                 copy_addr: unsafe { std::mem::zeroed() },
                 copy_addr_len: 0,
                 tag: 0,
-                arrival_us: 0,
                 pending: 0,
             })
             .collect();
@@ -419,19 +418,24 @@ impl MediaIo for UringIo {
         if self.ring.submission().taskrun() {
             self.ring.submitter().submit()?;
         }
-        let fallback_us = unix_now_us();
         let (submitter, mut sq, mut cq) = self.ring.split();
         let mut pass = Pass::default();
         let mut inline = 0;
+        let mut now_us = 0;
         while pass.completions < budget {
             let Some(cqe) = cq.next() else { break };
+            // The clock is read once per few completions: a pass of a full budget takes
+            // hundreds of microseconds, which a residence time must not hide.
+            if pass.completions % CLOCK_EVERY == 0 {
+                now_us = unix_now_us();
+            }
             pass.completions += 1;
             match cqe.user_data() & KIND_MASK {
                 KIND_RECV => {
                     if cqueue::buffer_select(cqe.flags()).is_some() {
                         pass.packets += 1;
                     }
-                    if let Some(send) = self.st.on_recv(&cqe, handler, fallback_us) {
+                    if let Some(send) = self.st.on_recv(&cqe, handler, now_us) {
                         if let Some(copy_via) = send.copy_via {
                             push_split(
                                 &submitter,
@@ -649,7 +653,7 @@ impl Shared {
         &mut self,
         cqe: &cqueue::Entry,
         handler: &mut dyn PacketHandler,
-        fallback_us: u64,
+        now_us: u64,
     ) -> Option<PendingSend> {
         let token = (cqe.user_data() & 0xffff_ffff) as Token;
         let (res, flags) = (cqe.result(), cqe.flags());
@@ -657,7 +661,7 @@ impl Shared {
         let mut send = None;
         if let Some(bid) = cqueue::buffer_select(flags) {
             if res >= 0 && state == Some(RecvState::Armed) && bid < self.bufs.entries() {
-                send = self.deliver(token, bid, res as usize, handler, fallback_us);
+                send = self.deliver(token, bid, res as usize, handler, now_us);
             }
             if send.is_none() {
                 self.bufs.push(bid);
@@ -693,14 +697,14 @@ impl Shared {
         bid: u16,
         len: usize,
         handler: &mut dyn PacketHandler,
-        fallback_us: u64,
+        now_us: u64,
     ) -> Option<PendingSend> {
         // SAFETY: the kernel finished writing `bid` (its CQE is reaped) and gets it back only
         // through `bufs.push`, after this packet was dropped or its send completed.
         let buf = unsafe { self.bufs.slice(bid, len) };
         let msg = types::RecvMsgOut::parse(buf, &self.recv_hdr).ok()?;
         let from = sockaddr::decode(msg.name_data())?;
-        let arrival_us = rx_timestamp_us(msg.control_data()).unwrap_or(fallback_us);
+        let arrival_us = rx_timestamp_us(msg.control_data()).unwrap_or(now_us);
         let payload = msg.payload_data();
         let packet = Received {
             token,
@@ -708,8 +712,8 @@ impl Shared {
             payload,
             truncated: msg.is_payload_truncated(),
             arrival_us,
-            // `fallback_us` is when this pass started: the packet waited at least this long.
-            late: self.max_age_us != 0 && fallback_us.saturating_sub(arrival_us) > self.max_age_us,
+            now_us,
+            late: self.max_age_us != 0 && now_us.saturating_sub(arrival_us) > self.max_age_us,
         };
         let Action::Send {
             via,
@@ -724,7 +728,6 @@ impl Shared {
         let slot = &mut self.sends[usize::from(bid)];
         let to = (!connected).then_some(&to);
         fill_send_slot(slot, to, tag, payload.as_ptr(), payload.len());
-        slot.arrival_us = arrival_us;
         slot.pending = 1;
         let copy_via = copy.map(|(copy_via, copy_to)| {
             fill_copy(slot, &copy_to);
@@ -742,17 +745,16 @@ impl Shared {
             return;
         };
         let res = cqe.result();
-        let result = if res >= 0 {
-            Ok(res as usize)
-        } else {
-            Err(io::Error::from_raw_os_error(-res))
-        };
         if copy {
+            let result = if res >= 0 {
+                Ok(res as usize)
+            } else {
+                Err(io::Error::from_raw_os_error(-res))
+            };
             handler.on_copy_sent(slot.tag, result);
-        } else {
-            let residence =
-                (slot.arrival_us != 0).then(|| unix_now_us().saturating_sub(slot.arrival_us));
-            handler.on_sent(slot.tag, result, residence);
+        } else if res < 0 {
+            let error = io::Error::from_raw_os_error(-res);
+            handler.on_send_failed(slot.tag, slot.len as usize, error);
         }
         slot.pending = slot.pending.saturating_sub(1);
         if slot.pending == 0 {

@@ -223,8 +223,9 @@ impl UdpRelay {
         }
     }
 
-    /// Records a send that left from `via` (as returned by `on_receive`), and the packet's
-    /// residence time in the relay when known.
+    /// Records a send of `len` bytes from `via` (as returned by `on_receive`) handed to the
+    /// kernel, and the packet's residence time in the relay when known. A send that then fails
+    /// is taken back by [`UdpRelay::on_send_failed`]; its residence stays recorded.
     pub fn on_sent(&mut self, via: Leg, len: usize, residence_us: Option<u64>) {
         self.sender_counters(via).sent(len);
         if let Some(us) = residence_us {
@@ -235,9 +236,13 @@ impl UdpRelay {
         }
     }
 
-    /// Records a send from `via` that the kernel refused with `errno` at `now_us`.
-    pub fn on_send_failed(&mut self, via: Leg, errno: i32, now_us: u64) {
-        self.sender_counters(via).dropped(DropReason::SendError);
+    /// Records that a send of `len` bytes from `via`, counted by [`UdpRelay::on_sent`], was
+    /// refused by the kernel with `errno` at `now_us`: it counts as dropped instead.
+    pub fn on_send_failed(&mut self, via: Leg, len: usize, errno: i32, now_us: u64) {
+        let counters = self.sender_counters(via);
+        counters.packets_sent = counters.packets_sent.saturating_sub(1);
+        counters.bytes_sent = counters.bytes_sent.saturating_sub(len as u64);
+        counters.dropped(DropReason::SendError);
         let to = match via {
             Leg::OutRtp | Leg::OutRtcp => self.destination.target(via.is_rtcp()),
             Leg::ListenRtp | Leg::ListenRtcp => self.client.target(via.is_rtcp()),
@@ -482,21 +487,23 @@ mod tests {
         let mut r = UdpRelay::new(addr(DEST));
         r.on_sent(Leg::OutRtp, 172, Some(40));
         r.on_sent(Leg::OutRtcp, 80, Some(60));
-        r.on_send_failed(Leg::ListenRtp, libc::ECONNREFUSED, 9);
+        r.on_sent(Leg::ListenRtp, 100, Some(30));
+        r.on_send_failed(Leg::ListenRtp, 100, libc::ECONNREFUSED, 9);
         assert_eq!(r.forward.rtp.bytes_sent, 172);
         assert_eq!(r.forward.rtcp.packets_sent, 1);
-        assert_eq!(r.reverse.rtp.packets_sent, 0);
+        assert_eq!(
+            (r.reverse.rtp.packets_sent, r.reverse.rtp.bytes_sent),
+            (0, 0),
+            "a failed send is taken back"
+        );
         assert_eq!(r.reverse.rtp.dropped.send_error, 1);
         assert_eq!(r.forward_residence.summary().count, 2);
-        assert_eq!(
-            r.reverse_residence.summary().count,
-            0,
-            "failed sends have no residence"
-        );
+        assert_eq!(r.reverse_residence.summary().count, 1);
         // No client yet: the failure is counted but names no target.
         assert_eq!(r.last_error(), None);
         r.on_receive(Leg::ListenRtp, addr("192.0.2.1:5000"), &[0u8; 4], false, 10);
-        r.on_send_failed(Leg::ListenRtp, libc::ECONNREFUSED, 11);
+        r.on_sent(Leg::ListenRtp, 4, None);
+        r.on_send_failed(Leg::ListenRtp, 4, libc::ECONNREFUSED, 11);
         let e = r.last_error().unwrap();
         assert_eq!((e.to, e.at_us), (addr("192.0.2.1:5000"), 11));
         assert!(e.to_string().contains("Connection refused"), "{e}");
@@ -574,10 +581,9 @@ mod tests {
                         let listen = matches!(leg, Leg::ListenRtp | Leg::ListenRtcp);
                         prop_assert_eq!(listen, matches!(via, Leg::OutRtp | Leg::OutRtcp));
                         prop_assert_eq!(leg.is_rtcp(), via.is_rtcp());
-                        if ok {
-                            r.on_sent(via, len, None);
-                        } else {
-                            r.on_send_failed(via, libc::ENOBUFS, 1);
+                        r.on_sent(via, len, None);
+                        if !ok {
+                            r.on_send_failed(via, len, libc::ENOBUFS, 1);
                         }
                     }
                     Verdict::Drop(_) => {}

@@ -77,7 +77,7 @@ mod tests {
         fn on_packet(&mut self, _: Received<'_>) -> Action {
             Action::Drop
         }
-        fn on_sent(&mut self, _: u64, _: io::Result<usize>, _: Option<u64>) {}
+        fn on_send_failed(&mut self, _: u64, _: usize, _: io::Error) {}
         fn on_copy_sent(&mut self, _: u64, _: io::Result<usize>) {}
         fn on_socket_error(&mut self, _: Token, _: i32) {}
         fn on_socket_released(&mut self, _: Token) {}

@@ -1019,6 +1019,13 @@ impl PacketHandler for SessionTable {
                         }
                     }
                 }
+                // Counted now, while the session's state is in cache; a failure is taken
+                // back when its completion comes.
+                relay.on_sent(
+                    via,
+                    p.payload.len(),
+                    Some(p.now_us.saturating_sub(p.arrival_us)),
+                );
                 Action::Send {
                     via: tokens[via as usize],
                     to,
@@ -1044,7 +1051,7 @@ impl PacketHandler for SessionTable {
         }
     }
 
-    fn on_sent(&mut self, tag: u64, result: std::io::Result<usize>, residence_us: Option<u64>) {
+    fn on_send_failed(&mut self, tag: u64, len: usize, error: std::io::Error) {
         let Some(leg) = untag(tag).2 else { return };
         let Some(entry) = self.tagged_entry(tag) else {
             return;
@@ -1052,14 +1059,9 @@ impl PacketHandler for SessionTable {
         let Transport::Udp { relay, .. } = &mut entry.transport else {
             return;
         };
-        match result {
-            Ok(len) => relay.on_sent(leg, len, residence_us),
-            Err(e) => {
-                debug!(session = %entry.id, error = %e, "send failed");
-                let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                relay.on_send_failed(leg, errno, unix_now_us());
-            }
-        }
+        debug!(session = %entry.id, %error, "send failed");
+        let errno = error.raw_os_error().unwrap_or(libc::EIO);
+        relay.on_send_failed(leg, len, errno, unix_now_us());
     }
 
     fn on_socket_error(&mut self, token: Token, errno: i32) {
