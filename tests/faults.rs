@@ -51,7 +51,29 @@ async fn state_change(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_destination_is_reported_within_a_second_and_recovers() {
-    let (_relay, mut client) = Relay::start(1, &[]).await;
+    unreachable_destination(false).await;
+}
+
+/// The same with the connect-side sockets connected to the destination, where the kernel
+/// reports the ICMP error to the socket as a connected one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_connected_destination_is_reported_and_recovers() {
+    unreachable_destination(true).await;
+}
+
+async fn unreachable_destination(connect_destination: bool) {
+    let config = std::env::temp_dir().join(format!(
+        "rtprelay-faults-{}-{connect_destination}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &config,
+        format!("[media]\nconnect_destination = {connect_destination}\n"),
+    )
+    .unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let (_relay, mut client) = Relay::start(1, &["--config", &config_arg]).await;
+    let _ = std::fs::remove_file(&config);
     // A port with nobody listening: the kernel answers with ICMP port unreachable.
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dest = closed.local_addr().unwrap();
