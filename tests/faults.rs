@@ -121,15 +121,7 @@ async fn unreachable_destination(connect_destination: bool) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let queued = udp_rx_queue(connect.port()).expect("the relay's outbound socket is listed");
     assert!(queued < 1024, "{queued} bytes of error reports left queued");
-    let status = client
-        .get_session_status(v1::GetSessionStatusRequest {
-            session_id: "icmp".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let status = session_status(&mut client, "icmp").await;
     assert_eq!(status.state, v1::SessionState::Error as i32);
     assert!(
         status.last_error.contains(&dest.to_string()),

@@ -130,15 +130,7 @@ async fn two_hundred_sessions_relay_rtp_and_rtcp_both_ways_byte_exact() {
         let rtp_bytes: u64 = these.iter().map(|&l| l as u64).sum();
         let rtcp_bytes: u64 = these.iter().map(|&l| l.min(100) as u64).sum();
         let packets = these.len() as u64;
-        let info = client
-            .get_session_status(v1::GetSessionStatusRequest {
-                session_id: c.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .session
-            .unwrap();
+        let info = session_status(&mut client, &c.id).await;
         assert_eq!(
             addr_of(&info.client),
             c.client_rtp.local_addr().unwrap(),
@@ -205,15 +197,7 @@ async fn strangers_and_early_reverse_packets_are_dropped_and_counted() {
         "a stranger's packet was relayed"
     );
 
-    let info = client
-        .get_session_status(v1::GetSessionStatusRequest {
-            session_id: "drops".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let info = session_status(&mut client, "drops").await;
     let rev = info.reverse.unwrap().rtp.unwrap();
     assert_eq!(rev.packets_received, 3);
     assert_eq!(rev.packets_sent, 1);
@@ -282,15 +266,7 @@ async fn connected_destination_sockets_relay_and_leave_strangers_to_the_kernel()
             "a stranger's packet was relayed"
         );
 
-        let info = client
-            .get_session_status(v1::GetSessionStatusRequest {
-                session_id: "connected".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .session
-            .unwrap();
+        let info = session_status(&mut client, "connected").await;
         let (fwd, rev) = (info.forward.unwrap(), info.reverse.unwrap());
         assert_eq!(fwd.rtp.unwrap().packets_sent, 3);
         assert_eq!(fwd.rtcp.unwrap().packets_sent, 1);
@@ -331,15 +307,7 @@ async fn residence_at_call_pacing_is_time_in_the_relay() {
         dest_rtp.recv_from(&mut buf).expect("relayed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let info = client
-        .get_session_status(v1::GetSessionStatusRequest {
-            session_id: "paced".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let info = session_status(&mut client, "paced").await;
     let residence = info.forward.unwrap().residence.unwrap();
     assert_eq!(residence.count, 25);
     // 183-207 us in a debug build (mostly the shard's wake-up from sleep); the old measurement

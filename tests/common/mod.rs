@@ -263,6 +263,19 @@ pub fn create_req(
     }
 }
 
+/// The relay's status of session `id`; panics if the call fails or the session is unknown.
+pub async fn session_status(client: &mut RelayClient<Channel>, id: &str) -> v1::SessionInfo {
+    client
+        .get_session_status(v1::GetSessionStatusRequest {
+            session_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetSessionStatus({id}): {e}"))
+        .into_inner()
+        .session
+        .unwrap_or_else(|| panic!("GetSessionStatus({id}) returned no session"))
+}
+
 /// The peer an IPv4 UDP socket bound to `local` is connected to (`None`: unconnected), from
 /// /proc/net/udp of this network namespace. Panics if no socket is bound to `local`.
 pub fn udp_peer_of(local: SocketAddr) -> Option<SocketAddr> {
