@@ -310,9 +310,10 @@ async fn residence_at_call_pacing_is_time_in_the_relay() {
     let info = session_status(&mut client, "paced").await;
     let residence = info.forward.unwrap().residence.unwrap();
     assert_eq!(residence.count, 25);
-    // 183-207 us in a debug build (mostly the shard's wake-up from sleep); the old measurement
-    // could not go below the 1 ms slice (1,343 us at p50 here).
-    assert!(residence.p50_us < 900, "{residence:?}");
+    // 183-207 us in a debug build (mostly the shard's wake-up from sleep). The old measurement
+    // could not go below the wait's 1 ms slice (1,343 us at p50 here), so that is the bound: as
+    // much room as a loaded test machine can need without letting the old behaviour pass.
+    assert!(residence.p50_us < 1000, "{residence:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
