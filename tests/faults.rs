@@ -62,18 +62,8 @@ async fn unreachable_connected_destination_is_reported_and_recovers() {
 }
 
 async fn unreachable_destination(connect_destination: bool) {
-    let config = std::env::temp_dir().join(format!(
-        "rtprelay-faults-{}-{connect_destination}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &config,
-        format!("[media]\nconnect_destination = {connect_destination}\n"),
-    )
-    .unwrap();
-    let config_arg = config.to_string_lossy().into_owned();
-    let (_relay, mut client) = Relay::start(1, &["--config", &config_arg]).await;
-    let _ = std::fs::remove_file(&config);
+    let toml = format!("[media]\nconnect_destination = {connect_destination}\n");
+    let (_relay, mut client) = Relay::start_with_config(1, &toml, &[]).await;
     // A port with nobody listening: the kernel answers with ICMP port unreachable.
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dest = closed.local_addr().unwrap();

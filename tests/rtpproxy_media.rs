@@ -87,12 +87,8 @@ fn exchange(call: &Call, n: u16, seq0: u16) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 async fn connect_destination_leaves_rtpproxy_sessions_unconnected() {
     let ctl_port = free_udp_port();
     let listen = format!("udp:127.0.0.1:{ctl_port}");
-    let config = std::env::temp_dir().join(format!("rtprelay-connect-{ctl_port}.toml"));
-    std::fs::write(&config, "[media]\nconnect_destination = true\n").unwrap();
-    let config_arg = config.to_string_lossy().into_owned();
-    let (_relay, _grpc) =
-        Relay::start(1, &["--rtpproxy-listen", &listen, "--config", &config_arg]).await;
-    let _ = std::fs::remove_file(&config);
+    let toml = "[media]\nconnect_destination = true\n";
+    let (_relay, _grpc) = Relay::start_with_config(1, toml, &["--rtpproxy-listen", &listen]).await;
     let c = Controller::on_port(ctl_port);
     let mut call = setup_call(&c, "connect-1@test");
     exchange(&call, 3, 100);

@@ -212,8 +212,8 @@ async fn strangers_and_early_reverse_packets_are_dropped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connected_destination_sockets_relay_and_leave_strangers_to_the_kernel() {
     for connect in [false, true] {
-        let (_relay, mut client) =
-            start_with_config(&format!("[media]\nconnect_destination = {connect}\n")).await;
+        let toml = format!("[media]\nconnect_destination = {connect}\n");
+        let (_relay, mut client) = Relay::start_with_config(1, &toml, &[]).await;
         let (dest_rtp, dest_rtcp) = udp_pair(51200);
         let dest = dest_rtp.local_addr().unwrap();
         let info = client
@@ -684,31 +684,14 @@ async fn media_with_commands(
 /// default slice, which the noise of a shared machine can hide (a 6 ms p50 was seen with the
 /// fix in place).
 async fn start_with_long_slice(dataplane: &str) -> (Relay, RelayClient<Channel>) {
-    start_with_config(&format!(
-        "[dataplane]\npreempt_ms = {LONG_SLICE_MS}\n{dataplane}"
-    ))
-    .await
-}
-
-/// Starts a one-shard relay with `toml` as its configuration file.
-async fn start_with_config(toml: &str) -> (Relay, RelayClient<Channel>) {
-    let config = std::env::temp_dir().join(format!(
-        "rtprelay-config-{}-{}.toml",
-        std::process::id(),
-        NEXT_CONFIG.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    ));
-    std::fs::write(&config, toml).unwrap();
-    let config_arg = config.to_string_lossy().into_owned();
-    let started = Relay::start(1, &["--config", &config_arg]).await;
-    let _ = std::fs::remove_file(&config);
-    started
+    let toml = format!("[dataplane]\npreempt_ms = {LONG_SLICE_MS}\n{dataplane}");
+    Relay::start_with_config(1, &toml, &[]).await
 }
 
 const LONG_SLICE_MS: u64 = 50;
 /// Status round trips faster than this were handed over at once: an idle relay answers in
 /// ~1.5 ms (debug build) and a command that waited for the slice takes at least its length.
 const PROMPT_ANSWER: Duration = Duration::from_millis(LONG_SLICE_MS / 2);
-static NEXT_CONFIG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// A command that arrives while media flows (the shard lingers on its ring between packets)
 /// is answered as fast as on an idle relay. It used to wait for glommio's next look at its own

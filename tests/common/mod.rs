@@ -30,6 +30,8 @@ pub struct Relay {
 static NEXT_SERVICE_PORT: AtomicU16 = AtomicU16::new(0);
 /// Relays started by this test binary, for unique log file names.
 static NEXT_RELAY: AtomicU16 = AtomicU16::new(0);
+/// Configuration files written by this test binary, for unique names.
+static NEXT_CONFIG: AtomicU16 = AtomicU16::new(0);
 
 /// A port for a service the relay will bind (gRPC, rtpproxy control), free when probed with
 /// `is_free`. Taken above the ephemeral range, so no socket bound to port 0 elsewhere in the
@@ -78,6 +80,27 @@ impl Relay {
         let port_min = 16384 + window * 1000;
         let port_max = port_min + 999;
         Self::start_with_range(shards, port_min, port_max, extra).await
+    }
+
+    /// Starts the relay like [`Relay::start`] with `toml` as its configuration file (removed
+    /// again once the relay has read it).
+    pub async fn start_with_config(
+        shards: usize,
+        toml: &str,
+        extra: &[&str],
+    ) -> (Relay, RelayClient<Channel>) {
+        let config = std::env::temp_dir().join(format!(
+            "rtprelay-test-{}-{}.toml",
+            std::process::id(),
+            NEXT_CONFIG.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&config, toml).expect("write the test's relay config");
+        let config_arg = config.to_string_lossy().into_owned();
+        let mut args = vec!["--config", config_arg.as_str()];
+        args.extend_from_slice(extra);
+        let started = Self::start(shards, &args).await;
+        let _ = std::fs::remove_file(&config);
+        started
     }
 
     pub async fn start_with_range(
