@@ -189,21 +189,10 @@ async fn an_expired_stream_notifies_the_allowed_socket_only() {
     let notify = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let notify_addr = notify.local_addr().unwrap();
     let config = format!("[rtpproxy]\nttl_s = 1\nnotify = [\"tcp:{notify_addr}\"]\n");
-    let path = std::env::temp_dir().join(format!("rtprelay-notify-{}.toml", std::process::id()));
-    std::fs::write(&path, config).unwrap();
     let ctl_port = free_udp_port();
     let listen = format!("udp:127.0.0.1:{ctl_port}");
-    let (_relay, _grpc) = Relay::start(
-        1,
-        &[
-            "--config",
-            path.to_str().unwrap(),
-            "--rtpproxy-listen",
-            &listen,
-        ],
-    )
-    .await;
-    std::fs::remove_file(&path).ok();
+    let (_relay, _grpc) =
+        Relay::start_with_config(1, &config, &["--rtpproxy-listen", &listen]).await;
     let c = Controller::new(format!("127.0.0.1:{ctl_port}").parse().unwrap());
     assert_eq!(
         c.ask("n0", "VF 20081224"),
@@ -281,5 +270,4 @@ async fn the_unix_stream_socket_answers_line_by_line_and_at_close() {
         .unwrap()
         .into_inner();
     assert_eq!(list.total, 0);
-    std::fs::remove_file(&path).ok();
 }

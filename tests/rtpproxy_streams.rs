@@ -293,16 +293,11 @@ fn udp_on(ip: &str) -> UdpSocket {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_mode_binds_each_leg_to_its_network() {
     let ctl_port = free_udp_port();
-    let config = std::env::temp_dir().join(format!("rtprelay-bridge-{ctl_port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[rtpproxy]\nlisten = [\"udp:127.0.0.1:{ctl_port}\"]\n\
-             internal = \"127.0.0.1\"\nexternal = \"127.0.0.2\"\n"
-        ),
-    )
-    .unwrap();
-    let (_relay, mut grpc) = Relay::start(2, &["--config", config.to_str().unwrap()]).await;
+    let toml = format!(
+        "[rtpproxy]\nlisten = [\"udp:127.0.0.1:{ctl_port}\"]\n\
+         internal = \"127.0.0.1\"\nexternal = \"127.0.0.2\"\n"
+    );
+    let (_relay, mut grpc) = Relay::start_with_config(2, &toml, &[]).await;
     let c = Controller::on_port(ctl_port);
 
     // Caller inside (127.0.0.1), callee outside (127.0.0.2): Uie.
@@ -403,5 +398,4 @@ async fn bridge_mode_binds_each_leg_to_its_network() {
         format!("127.0.0.2:{moved}"),
         "relayed from the moved port, not {old}"
     );
-    let _ = std::fs::remove_file(&config);
 }
