@@ -428,3 +428,44 @@ fn log_file(path: &Path) -> Result<std::fs::File> {
         .open(path)
         .with_context(|| format!("open {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_parse_with_and_without_a_config() {
+        assert!(matches!(parse_variant("ref"), Ok(Variant::Ref)));
+        assert!(matches!(
+            parse_variant("ref-uring-msg"),
+            Ok(Variant::RefUringMsg)
+        ));
+        assert!(matches!(
+            parse_variant("rtprelay-2"),
+            Ok(Variant::Relay {
+                shards: 2,
+                config: None
+            })
+        ));
+        let file = std::env::temp_dir().join(format!("bench-forward-{}.toml", std::process::id()));
+        std::fs::write(&file, "[media]\n").unwrap();
+        let name = format!("rtprelay-1:{}", file.display());
+        let parsed = parse_variant(&name);
+        let _ = std::fs::remove_file(&file);
+        match parsed {
+            Ok(Variant::Relay {
+                shards: 1,
+                config: Some(c),
+            }) => assert_eq!(c, file),
+            other => panic!("{name}: {other:?}"),
+        }
+        for bad in [
+            "rtprelay-0",
+            "rtprelay-x",
+            "bogus",
+            "rtprelay-1:/nonexistent/rtprelay.toml",
+        ] {
+            assert!(parse_variant(bad).is_err(), "{bad} was accepted");
+        }
+    }
+}
