@@ -69,13 +69,7 @@ async fn unreachable_destination(connect_destination: bool) {
     let dest = closed.local_addr().unwrap();
     drop(closed);
     let mut events = watch(&mut client, &["icmp"]).await;
-    let info = client
-        .create_session(create_req("icmp", 0, 0, dest))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let info = create_session(&mut client, create_req("icmp", 0, 0, dest)).await;
     let listen = addr_of(&info.listen);
     let connect = addr_of(&info.connect);
 
@@ -156,13 +150,7 @@ async fn idle_timeout_closes_the_session_and_frees_its_ports() {
         ..Default::default()
     });
     let created = Instant::now();
-    let info = client
-        .create_session(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let info = create_session(&mut client, req).await;
     let closed = loop {
         match tokio::time::timeout(Duration::from_secs(3), events.next()).await {
             Ok(Some(Ok(e))) => {

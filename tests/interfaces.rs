@@ -98,13 +98,7 @@ async fn each_interface_has_its_own_ports_dscp_and_advertised_address() {
         protocol: v1::Protocol::Udp as i32,
         options: None,
     };
-    let s = client
-        .create_session(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let s = create_session(&mut client, req).await;
     let (listen, connect) = (addr_of(&s.listen), addr_of(&s.connect));
     assert!(
         (a_min..a_min + 100).contains(&listen.port()),

@@ -31,13 +31,7 @@ async fn session(
     let (dest, dest_rtcp) = udp_pair(dest_from);
     let mut req = create_req(id, 0, 0, dest.local_addr().unwrap());
     req.options = options;
-    let info = client
-        .create_session(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let info = create_session(client, req).await;
     Path {
         client: udp(0),
         client_rtcp: udp(0),

@@ -170,13 +170,7 @@ async fn strangers_and_early_reverse_packets_are_dropped_and_counted() {
     let (_relay, mut client) = Relay::start(1, &[]).await;
     let (dest_rtp, _dest_rtcp) = udp_pair(51000);
     let dest = dest_rtp.local_addr().unwrap();
-    let info = client
-        .create_session(create_req("drops", 0, 0, dest))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let info = create_session(&mut client, create_req("drops", 0, 0, dest)).await;
     let (listen, connect) = (addr_of(&info.listen), addr_of(&info.connect));
 
     // Reverse media before the client has sent anything: nowhere to go.
@@ -216,13 +210,7 @@ async fn connected_destination_sockets_relay_and_leave_strangers_to_the_kernel()
         let (_relay, mut client) = Relay::start_with_config(1, &toml, &[]).await;
         let (dest_rtp, dest_rtcp) = udp_pair(51200);
         let dest = dest_rtp.local_addr().unwrap();
-        let info = client
-            .create_session(create_req("connected", 0, 0, dest))
-            .await
-            .unwrap()
-            .into_inner()
-            .session
-            .unwrap();
+        let info = create_session(&mut client, create_req("connected", 0, 0, dest)).await;
         let (listen, connect_addr) = (addr_of(&info.listen), addr_of(&info.connect));
         let expect = |peer: SocketAddr| connect.then_some(peer);
         assert_eq!(udp_peer_of(connect_addr), expect(dest), "connect-side RTP");
@@ -290,13 +278,7 @@ async fn residence_at_call_pacing_is_time_in_the_relay() {
     let (_relay, mut client) = Relay::start(1, &[]).await;
     let (dest_rtp, _dest_rtcp) = udp_pair(51600);
     let dest = dest_rtp.local_addr().unwrap();
-    let info = client
-        .create_session(create_req("paced", 0, 0, dest))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let info = create_session(&mut client, create_req("paced", 0, 0, dest)).await;
     let listen = addr_of(&info.listen);
     let phone = udp(0);
     let mut buf = [0u8; 2048];
@@ -493,13 +475,7 @@ async fn sigterm_closes_every_session_and_exits_zero() {
         .into_inner();
     let mut ports = Vec::new();
     for i in 0..20 {
-        let info = client
-            .create_session(create_req(&format!("s-{i}"), 0, 0, dest))
-            .await
-            .unwrap()
-            .into_inner()
-            .session
-            .unwrap();
+        let info = create_session(&mut client, create_req(&format!("s-{i}"), 0, 0, dest)).await;
         ports.push(addr_of(&info.listen).port());
         ports.push(addr_of(&info.connect).port());
     }

@@ -286,6 +286,21 @@ pub fn create_req(
     }
 }
 
+/// Creates a session; panics if the relay refuses it or replies without the session.
+pub async fn create_session(
+    client: &mut RelayClient<Channel>,
+    req: v1::CreateSessionRequest,
+) -> v1::SessionInfo {
+    let id = req.session_id.clone();
+    client
+        .create_session(req)
+        .await
+        .unwrap_or_else(|e| panic!("CreateSession({id}): {e}"))
+        .into_inner()
+        .session
+        .unwrap_or_else(|| panic!("CreateSession({id}) returned no session"))
+}
+
 /// The relay's status of session `id`; panics if the call fails or the session is unknown.
 pub async fn session_status(client: &mut RelayClient<Channel>, id: &str) -> v1::SessionInfo {
     client
