@@ -223,18 +223,18 @@ pub fn bind_pair(
     })
 }
 
-/// Connects `pair` to `peer` (RTP) and `peer`'s port + 1 (RTCP, the only RTCP address a
-/// strict session accepts). Returns which of the two are connected; a failure (no route to
-/// `peer` yet) leaves that socket unconnected, which works as before, only slower.
-pub fn connect_pair(pair: &UdpPair, peer: SocketAddr) -> [bool; 2] {
-    let Some(rtcp_port) = peer.port().checked_add(1) else {
-        return [false, false];
-    };
-    let rtcp = SocketAddr::new(peer.ip(), rtcp_port);
-    [(&pair.rtp, peer), (&pair.rtcp, rtcp)].map(|(socket, to)| match socket.connect(&to.into()) {
+/// Connects `pair`'s RTP and RTCP sockets to `peers[0]` and `peers[1]`. Returns which of the
+/// two are connected; a failure (no route to the peer yet) leaves that socket unconnected,
+/// which works as before, only slower.
+pub fn connect_pair(pair: &UdpPair, peers: [SocketAddr; 2]) -> [bool; 2] {
+    let sockets = [&pair.rtp, &pair.rtcp];
+    std::array::from_fn(|k| match sockets[k].connect(&peers[k].into()) {
         Ok(()) => true,
         Err(e) => {
-            warn!(local = %pair.addr, peer = %to, error = %e, "connecting a media socket failed; it sends unconnected");
+            warn!(
+                local = %pair.addr, peer = %peers[k], error = %e,
+                "connecting a media socket failed; it sends unconnected"
+            );
             false
         }
     })

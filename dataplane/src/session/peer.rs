@@ -33,6 +33,14 @@ pub fn known(addr: SocketAddr) -> Option<SocketAddr> {
     (!addr.ip().is_unspecified() && addr.port() != 0).then_some(addr)
 }
 
+/// The RTCP address that goes with RTP address `rtp` when nothing else is signalled: port + 1
+/// (RFC 3550); `None` for RTP on port 65535.
+pub fn rtcp_beside(rtp: SocketAddr) -> Option<SocketAddr> {
+    let mut a = rtp;
+    a.set_port(rtp.port().checked_add(1)?);
+    Some(a)
+}
+
 impl Peer {
     /// A side whose RTP address is `addr` as signalled (RTCP then goes to its port + 1).
     pub fn signalled(addr: Option<SocketAddr>) -> Self {
@@ -90,11 +98,7 @@ impl Peer {
 
     /// Where to send this side's RTCP: its own RTCP address once known, else RTP port + 1.
     pub fn rtcp(&self) -> Option<SocketAddr> {
-        self.rtcp.or_else(|| {
-            let mut a = self.rtp?;
-            a.set_port(a.port().checked_add(1)?);
-            Some(a)
-        })
+        self.rtcp.or_else(|| rtcp_beside(self.rtp?))
     }
 
     /// The learned RTCP address, if the side has sent RTCP.

@@ -257,13 +257,14 @@ impl SessionTable {
         let out = self.bind(EndpointField::Connect, spec.connect)?;
         // Only a strict session never sends from, nor accepts on, its connect side anything
         // but the destination; the others learn or change it later.
-        let connected = if self.sock_opts.connect_destination
-            && spec.options.latching == Latching::Strict
-            && peer::known(spec.destination).is_some()
-        {
-            connect_pair(&out, spec.destination)
-        } else {
-            [false; 2]
+        let connected = match (peer::known(spec.destination), spec.options.latching) {
+            (Some(rtp), Latching::Strict) if self.sock_opts.connect_destination => {
+                match peer::rtcp_beside(rtp) {
+                    Some(rtcp) => connect_pair(&out, [rtp, rtcp]),
+                    None => [false; 2],
+                }
+            }
+            _ => [false; 2],
         };
         self.allocator(listen.addr.ip())
             .claim(listen.addr.ip(), listen.addr.port());
@@ -999,9 +1000,7 @@ impl PacketHandler for SessionTable {
                 let connected = match via {
                     Leg::OutRtp => out_connected[0] && to == entry.destination,
                     Leg::OutRtcp => {
-                        out_connected[1]
-                            && to.ip() == entry.destination.ip()
-                            && u32::from(to.port()) == u32::from(entry.destination.port()) + 1
+                        out_connected[1] && Some(to) == peer::rtcp_beside(entry.destination)
                     }
                     Leg::ListenRtp | Leg::ListenRtcp => false,
                 };
