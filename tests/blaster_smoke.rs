@@ -1,7 +1,9 @@
-//! Smoke test of the RTP blaster (`rtp-blaster`, in the benches crate) against the real relay:
-//! a few seconds of realistic two-way RTP through 20 sessions the blaster creates over gRPC.
-//! It guards both tools at once: the relay must forward every packet of a light load, and the
-//! blaster must report figures that make sense and remove its sessions afterwards.
+//! Smoke tests of the RTP blaster (`rtp-blaster`, in the benches crate) against the real relay:
+//! a few seconds of realistic two-way RTP through 20 sessions the blaster creates over gRPC, the
+//! same through 20 calls it sets up over the rtpproxy protocol, and a run interrupted with
+//! SIGINT. They guard both tools at once: the relay must forward every packet of a light load,
+//! and the blaster must report figures that make sense and remove its sessions afterwards,
+//! also when interrupted.
 
 mod common;
 
@@ -9,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Relay;
+use common::{Relay, free_udp_port};
 use rtprelay_proto::v1;
+use rtprelay_proto::v1::relay_client::RelayClient;
+use tonic::transport::Channel;
 
 const SESSIONS: u64 = 20;
 const PPS_PER_FLOW: u64 = 50;
@@ -52,43 +56,36 @@ fn build_blaster() -> PathBuf {
     bin
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
-    let blaster = build_blaster();
-    let (relay, mut client) = Relay::start(1, &[]).await;
-    let json_path = std::env::temp_dir().join(format!(
-        "rtp-blaster-smoke-{}-{}.json",
-        std::process::id(),
-        relay.grpc.port()
-    ));
+/// A finished blaster run: its exit status, its stderr and its JSON record.
+struct Run {
+    status: std::process::ExitStatus,
+    stderr: String,
+    doc: Json,
+}
 
-    // As root the receiver runs under SCHED_FIFO, so that path is exercised too.
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let realtime = unsafe { libc::geteuid() } == 0;
-    if !realtime {
-        eprintln!("NOTE: not root, so the smoke run leaves out --recv-priority (SCHED_FIFO)");
+impl Run {
+    fn ctx(&self) -> String {
+        format!("blaster output:\n{}", self.stderr)
     }
-    let priority: &[&str] = if realtime {
-        &["--recv-priority", "10"]
-    } else {
-        &[]
-    };
-    let mut child = Command::new(&blaster)
-        .args(priority)
-        .args(["--grpc", &format!("http://{}", relay.grpc)])
-        .args(["--sessions", &SESSIONS.to_string()])
-        .args(["--pps-per-session", &PPS_PER_FLOW.to_string()])
-        .args(["--direction", "both", "--seconds", &SECONDS.to_string()])
-        .args(["--run-id", &format!("smoke{}", std::process::id())])
+}
+
+/// Starts the blaster with `args` plus a JSON record in a temporary file.
+fn spawn_blaster(blaster: &Path, args: &[String], json_path: &Path) -> std::process::Child {
+    Command::new(blaster)
+        .args(args)
         .arg("--json")
-        .arg(&json_path)
+        .arg(json_path)
         .arg("--quiet")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start rtp-blaster");
-    let deadline = Instant::now() + Duration::from_secs(SECONDS + 15);
+        .expect("start rtp-blaster")
+}
+
+/// Waits (bounded) for a blaster started by [`spawn_blaster`] and reads what it reported.
+async fn finish_blaster(mut child: std::process::Child, json_path: &Path, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for rtp-blaster") {
             break status;
@@ -96,7 +93,7 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("rtp-blaster did not finish within {} s", SECONDS + 15);
+            panic!("rtp-blaster did not finish within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -109,16 +106,55 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
             s
         })
         .unwrap_or_default();
-    assert!(status.success(), "rtp-blaster failed ({status}):\n{stderr}");
-    let text = std::fs::read_to_string(&json_path).expect("JSON record written");
-    let _ = std::fs::remove_file(&json_path);
+    let text = std::fs::read_to_string(json_path)
+        .unwrap_or_else(|e| panic!("no JSON record ({e}); blaster output:\n{stderr}"));
+    let _ = std::fs::remove_file(json_path);
     let doc = Json::parse(&text).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{text}"));
-    let t = doc.at("trials.0");
-    let ctx = format!("blaster output:\n{stderr}");
-    if realtime {
-        assert_eq!(doc.num("config.recv_priority"), 10.0, "{ctx}");
+    Run {
+        status,
+        stderr,
+        doc,
     }
+}
 
+fn json_path(tag: &str, port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "rtp-blaster-{tag}-{}-{port}.json",
+        std::process::id()
+    ))
+}
+
+/// The light two-way load every smoke run offers, after the session source arguments.
+fn light_load(sessions_from: &[String], run_id: &str) -> Vec<String> {
+    let mut args = sessions_from.to_vec();
+    args.extend(
+        [
+            "--sessions",
+            &SESSIONS.to_string(),
+            "--pps-per-session",
+            &PPS_PER_FLOW.to_string(),
+            "--direction",
+            "both",
+            "--seconds",
+            &SECONDS.to_string(),
+            "--run-id",
+            run_id,
+        ]
+        .map(str::to_owned),
+    );
+    args
+}
+
+/// The checks every clean light run must pass, whatever set the sessions up: every packet
+/// arrives once at the right socket, latency and jitter are plausible, and the verdict passes.
+fn assert_clean_light_run(run: &Run) {
+    let ctx = run.ctx();
+    assert!(
+        run.status.success(),
+        "rtp-blaster failed ({}):\n{ctx}",
+        run.status
+    );
+    let t = run.doc.at("trials.0");
     // Every packet of a light load arrives, once, at the right socket.
     let expected = (SESSIONS * 2 * PPS_PER_FLOW * SECONDS) as f64;
     let sent = t.num("sent");
@@ -177,6 +213,54 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
         "{ctx}"
     );
     assert!(jitter.num("max") < 100_000.0, "{ctx}");
+}
+
+/// The blaster's user name for this test run's sessions.
+fn run_id(tag: &str) -> String {
+    format!("{tag}{}", std::process::id())
+}
+
+/// As root the receiver runs under SCHED_FIFO, so that path is exercised too.
+fn priority_args() -> Vec<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        vec!["--recv-priority".into(), "10".into()]
+    } else {
+        eprintln!("NOTE: not root, so the smoke run leaves out --recv-priority (SCHED_FIFO)");
+        Vec::new()
+    }
+}
+
+async fn sessions_on(client: &mut RelayClient<Channel>) -> v1::ListSessionsResponse {
+    client
+        .list_sessions(v1::ListSessionsRequest::default())
+        .await
+        .expect("ListSessions")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
+    let blaster = build_blaster();
+    let (relay, mut client) = Relay::start(1, &[]).await;
+    let json = json_path("smoke", relay.grpc.port());
+    let mut args = priority_args();
+    let realtime = !args.is_empty();
+    args.extend(light_load(
+        &["--grpc".into(), format!("http://{}", relay.grpc)],
+        &run_id("smoke"),
+    ));
+    let run = finish_blaster(
+        spawn_blaster(&blaster, &args, &json),
+        &json,
+        Duration::from_secs(SECONDS + 15),
+    )
+    .await;
+    assert_clean_light_run(&run);
+    let (t, ctx) = (run.doc.at("trials.0"), run.ctx());
+    if realtime {
+        assert_eq!(run.doc.num("config.recv_priority"), 10.0, "{ctx}");
+    }
 
     // The relay saw the same traffic (plus one priming packet per session forward), and the
     // blaster removed every session it created.
@@ -190,12 +274,90 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
         "{ctx}"
     );
     assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
-    let listed = client
-        .list_sessions(v1::ListSessionsRequest::default())
-        .await
-        .expect("ListSessions")
-        .into_inner();
+    let listed = sessions_on(&mut client).await;
     assert_eq!(listed.total, 0, "sessions left on the relay: {listed:?}");
+    drop(relay);
+}
+
+/// The same light load with the calls set up over the rtpproxy protocol, as Kamailio does
+/// (`U` with the caller, `L` with the callee), queried with `Q` and deleted with `D`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blaster_sets_up_calls_over_rtpproxy_and_deletes_them() {
+    let blaster = build_blaster();
+    let ctl = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl}");
+    let (relay, mut client) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
+    let json = json_path("rtpp", ctl);
+    let mut args = priority_args();
+    args.extend(light_load(&["--rtpproxy".into(), listen], &run_id("rtpp")));
+    let run = finish_blaster(
+        spawn_blaster(&blaster, &args, &json),
+        &json,
+        Duration::from_secs(SECONDS + 15),
+    )
+    .await;
+    assert_clean_light_run(&run);
+    let (t, ctx) = (run.doc.at("trials.0"), run.ctx());
+    // The relay sent from the ports its U replies named: the blaster's sinks took them as
+    // the reverse peers and nothing was filtered.
+    assert_eq!(t.num("reverse_address_mismatch"), 0.0, "{ctx}");
+    // The relay's own view (Q before D): every call answered, everything relayed, nothing
+    // dropped; the sinks counted what it relayed (priming packets at least once each).
+    let q = t.at("relay_query");
+    assert_eq!(q.num("calls"), SESSIONS as f64, "{ctx}");
+    assert_eq!(q.num("packets_dropped"), 0.0, "{ctx}");
+    assert_eq!(q.num("packets_received"), q.num("packets_relayed"), "{ctx}");
+    assert!(
+        q.num("packets_relayed") >= t.num("received") + SESSIONS as f64,
+        "{ctx}"
+    );
+    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
+    let listed = sessions_on(&mut client).await;
+    assert_eq!(listed.total, 0, "calls left on the relay: {listed:?}");
+    drop(relay);
+}
+
+/// Ctrl-C in the middle of a run: the blaster stops sending, reports what it measured as
+/// interrupted, and still deletes every call it set up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_blaster_reports_and_deletes_its_calls() {
+    let blaster = build_blaster();
+    let ctl = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl}");
+    let (relay, mut client) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
+    let json = json_path("sigint", ctl);
+    let mut args = light_load(&["--rtpproxy".into(), listen], &run_id("sigint"));
+    // Far longer than the test waits: only the signal can end it in time.
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .expect("--seconds")
+        + 1;
+    args[seconds] = "120".into();
+    let child = spawn_blaster(&blaster, &args, &json);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // One relay session per call (rtpproxy's U creates both sides).
+    while sessions_on(&mut client).await.total < SESSIONS {
+        assert!(
+            Instant::now() < deadline,
+            "the blaster's calls never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let media flow for a moment, then interrupt as a terminal's Ctrl-C does.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: kill has no memory preconditions; the PID is our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0, "SIGINT");
+    let run = finish_blaster(child, &json, Duration::from_secs(15)).await;
+    let (t, ctx) = (run.doc.at("trials.0"), run.ctx());
+    assert!(run.status.success(), "exit {}\n{ctx}", run.status);
+    assert!(matches!(t.at("interrupted"), Json::Bool(true)), "{ctx}");
+    assert!(t.num("send_seconds") < 60.0, "{ctx}");
+    assert!(t.num("received") > 0.0, "{ctx}");
+    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
+    let listed = sessions_on(&mut client).await;
+    assert_eq!(listed.total, 0, "calls left on the relay: {listed:?}");
     drop(relay);
 }
 

@@ -5,9 +5,11 @@
 //! media index. The to-tag is deliberately left out:
 //! - the first `U` (the INVITE) usually has no to-tag yet, and the ID must not change when
 //!   later commands add it;
-//! - `L` (the answer) swaps the tags, and a re-INVITE from the callee sends `U` with swapped
-//!   tags, so the creating tag can arrive as either argument. rtpproxy resolves this by
-//!   trying the from-tag, then the to-tag; [`candidates`] gives the IDs in that order, and `U`
+//! - the creating tag can arrive as either argument: Kamailio keeps the dialog's From/To order
+//!   for an offer in a request and its answer in the reply (`U`, then `L caller_tag
+//!   callee_tag`), but swaps them for an offer in a reply and its answer in the ACK (late
+//!   offer), and a re-INVITE from the callee sends `U` with the callee's tag first. rtpproxy
+//!   resolves this by trying the from-tag, then the to-tag; [`candidates`] gives the IDs in that order, and `U`
 //!   creates under the first when neither exists.
 //!
 //! Readable form: `rtpp:<call-id>:<tag>:<index>`, used when the call-ID and tag are printable

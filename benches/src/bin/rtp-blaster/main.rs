@@ -1,8 +1,11 @@
 //! `rtp-blaster`: offers realistic RTP load to a relay and measures what comes out.
 //!
-//! Sessions come either from rtprelay's gRPC API (`--grpc URL --sessions N`: the blaster creates
-//! one session per flow pair and removes them afterwards) or from a target file for any relay
-//! (`--targets FILE`, one `SRC DST SINK [REVERSE]` line per session, e.g. set up in rtpengine).
+//! Sessions come from rtprelay's gRPC API (`--grpc URL --sessions N`: the blaster creates one
+//! session per flow pair and removes them afterwards), from the rtpproxy control protocol
+//! (`--rtpproxy udp:HOST:PORT --sessions N`: one call per pair set up with `U`/`L` as a SIP
+//! proxy does, deleted with `D`; for rtprelay's rtpproxy listener or any relay speaking the
+//! protocol) or from a target file for any relay (`--targets FILE`, one `SRC DST SINK
+//! [REVERSE]` line per session, e.g. set up in rtpengine).
 //! Every flow sends valid RTP from its own source port, paced either per flow (`--pps-per-session
 //! 50` = one packet every 20 ms, flows staggered evenly) or as an aggregate rate (`--rate`),
 //! forward only or in both directions. The receiving side measures loss, reordering,
@@ -11,10 +14,11 @@
 //! the loss/latency criteria.
 //!
 //! The data path (one sender thread, one receiver thread) never allocates or awaits; gRPC runs
-//! only between trials, on a small current-thread runtime.
+//! only between trials, on a small current-thread runtime; rtpproxy commands likewise.
 
 mod grpc;
 mod report;
+mod rtpproxy;
 mod svg;
 mod trial;
 
@@ -30,6 +34,7 @@ use serde_json::{Value, json};
 
 use crate::grpc::{Grpc, SessionTemplate};
 use crate::report::{Criteria, Summary};
+use crate::rtpproxy::Rtpp;
 use crate::trial::{Load, Settings, Setup};
 
 /// Upper bound of `--seconds`: the blaster must always end on its own.
@@ -41,21 +46,32 @@ const MAX_RATE: f64 = 50_000_000.0;
 
 #[derive(Parser, Debug)]
 #[command(
-    group(clap::ArgGroup::new("sessions_from").required(true).args(["grpc", "targets"])),
+    group(clap::ArgGroup::new("sessions_from").required(true).args(["grpc", "rtpproxy", "targets"])),
     about = "Realistic RTP load through a relay: loss, reordering, latency and jitter per flow",
     after_help = "Examples:\n  \
       rtp-blaster --grpc http://127.0.0.1:50051 --sessions 100 --pps-per-session 50 \
       --direction both --seconds 10\n  \
+      rtp-blaster --rtpproxy udp:127.0.0.1:7722 --sessions 200 --pps-per-session 50 \
+      --direction both --seconds 30\n  \
       rtp-blaster --targets flows.txt --rate 20000 --seconds 30 --json out.json\n  \
       rtp-blaster --grpc 127.0.0.1:50051 --sessions 500 --ramp --ramp-min 10000 \
       --ramp-max 400000 --seconds 5"
 )]
 struct Args {
     /// rtprelay's gRPC API (`http://HOST:PORT`): create `--sessions` sessions there.
-    #[arg(long, requires = "sessions", conflicts_with = "targets")]
+    #[arg(long, requires = "sessions", conflicts_with_all = ["targets", "rtpproxy"])]
     grpc: Option<String>,
-    /// Number of sessions to create through `--grpc`.
-    #[arg(long, requires = "grpc")]
+    /// An rtpproxy-protocol control socket (`udp:HOST:PORT`, `udp6:[HOST]:PORT`): set up
+    /// `--sessions` calls there with `U`/`L`, as Kamailio and OpenSIPS do, and delete them
+    /// with `D` afterwards.
+    #[arg(long, requires = "sessions", conflicts_with = "targets")]
+    rtpproxy: Option<String>,
+    /// Modifiers for every `U`/`L` command in `--rtpproxy` mode (e.g. `a` for asymmetric,
+    /// `ie` to bridge interfaces); `6` is added for IPv6 media by itself.
+    #[arg(long, default_value = "", requires = "rtpproxy")]
+    rtpproxy_modifiers: String,
+    /// Number of sessions to create through `--grpc` or `--rtpproxy`.
+    #[arg(long)]
     sessions: Option<usize>,
     /// Sessions set up elsewhere: one `SRC DST SINK [REVERSE]` line (IP:PORT each) per session.
     /// REVERSE is where the sink side sends reverse traffic; without it the address the relay
@@ -130,7 +146,7 @@ struct Args {
     #[arg(long)]
     markers: bool,
 
-    /// Local address of the blaster's sockets in `--grpc` mode.
+    /// Local address of the blaster's sockets in `--grpc` and `--rtpproxy` mode.
     #[arg(long, default_value = "127.0.0.1")]
     local_ip: IpAddr,
     /// The sessions' `listen` address (where sources send) in `--grpc` mode.
@@ -146,7 +162,8 @@ struct Args {
     /// reap sessions of a blaster that was killed outright.
     #[arg(long)]
     idle_timeout_ms: Option<u32>,
-    /// Parallel gRPC requests while creating and removing sessions.
+    /// Parallel gRPC requests (rtpproxy commands in flight) while creating and removing
+    /// sessions.
     #[arg(long, default_value_t = 32)]
     grpc_concurrency: usize,
     /// Upper bound for removing a trial's sessions, seconds.
@@ -196,6 +213,18 @@ impl Args {
             && !(1..=MAX_SESSIONS).contains(&n)
         {
             bail!("--sessions must be in 1..={MAX_SESSIONS}");
+        }
+        if self.sessions.is_some() && self.targets.is_some() {
+            bail!("--sessions goes with --grpc or --rtpproxy; --targets lists its sessions");
+        }
+        // Modifiers are one word of letters, digits and the punctuation of `c0,8`, `l1.2.3.4`
+        // or `z20`; a space would split the command.
+        if !self
+            .rtpproxy_modifiers
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b",.:[]".contains(&b))
+        {
+            bail!("--rtpproxy-modifiers must be letters, digits and , . : [ ] only");
         }
         let rate_ok = |r: f64| r > 0.0 && r <= MAX_RATE;
         if self.ramp {
@@ -251,12 +280,21 @@ fn main() -> Result<()> {
         )?),
         None => None,
     };
+    let rtpp = match &args.rtpproxy {
+        Some(spec) => Some(Rtpp::connect(
+            spec,
+            args.grpc_concurrency,
+            Duration::from_secs(args.cleanup_timeout),
+            &args.rtpproxy_modifiers,
+        )?),
+        None => None,
+    };
     let target_list = match &args.targets {
         Some(path) => Some(targets::read(path)?),
         None => None,
     };
-    let setup = match (&grpc, &target_list) {
-        (Some(grpc), _) => Setup::Grpc {
+    let setup = match (&grpc, &rtpp, &target_list) {
+        (Some(grpc), _, _) => Setup::Grpc {
             grpc,
             sessions: args.sessions.unwrap_or(1),
             local_ip: args.local_ip,
@@ -268,8 +306,13 @@ fn main() -> Result<()> {
                 clock_rate: args.clock_rate,
             },
         },
-        (None, Some(t)) => Setup::Targets(t),
-        (None, None) => bail!("give --grpc with --sessions, or --targets"),
+        (None, Some(rtpp), _) => Setup::Rtpproxy {
+            rtpp,
+            sessions: args.sessions.unwrap_or(1),
+            local_ip: args.local_ip,
+        },
+        (None, None, Some(t)) => Setup::Targets(t),
+        (None, None, None) => bail!("give --grpc or --rtpproxy with --sessions, or --targets"),
     };
     let settings = Settings {
         setup,
@@ -493,13 +536,15 @@ fn describe(settings: &Settings) -> String {
     };
     match &settings.setup {
         Setup::Grpc { sessions, .. } => format!("{sessions} gRPC session(s), {dir}"),
+        Setup::Rtpproxy { sessions, .. } => format!("{sessions} rtpproxy call(s), {dir}"),
         Setup::Targets(t) => format!("{} target session(s), {dir}", t.len()),
     }
 }
 
 fn config_json(a: &Args) -> Value {
     json!({
-        "grpc": a.grpc, "sessions": a.sessions,
+        "grpc": a.grpc, "rtpproxy": a.rtpproxy, "rtpproxy_modifiers": a.rtpproxy_modifiers,
+        "sessions": a.sessions,
         "targets": a.targets.as_ref().map(|p| p.display().to_string()),
         "direction": format!("{:?}", a.direction).to_lowercase(),
         "pps_per_session": a.pps_per_session, "rate": a.rate, "seconds": a.seconds,

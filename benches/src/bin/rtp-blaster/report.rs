@@ -290,6 +290,7 @@ impl Summary {
             "failures": self.failures,
             "worst_flows": worst_flows(o, WORST_FLOWS),
             "relay_counters": o.relay.as_ref().map_or(Value::Null, |r| r.to_json()),
+            "relay_query": o.relay_query.map_or(Value::Null, |q| q.to_json()),
             "sessions_left": o.sessions_left,
             "cleanup_error": o.cleanup_error,
         });
@@ -381,6 +382,13 @@ impl Summary {
                 r.forward
                     .max_residence_p99_us
                     .max(r.reverse.max_residence_p99_us)
+            );
+        }
+        if let Some(q) = o.relay_query {
+            let _ = writeln!(
+                s,
+                "  relay    (Q over {} call(s)) received {} relayed {} dropped {}",
+                q.calls, q.received, q.relayed, q.dropped
             );
         }
         if let Some(e) = &o.cleanup_error {

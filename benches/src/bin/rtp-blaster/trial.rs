@@ -19,6 +19,7 @@ use rtprelay_benches::targets::Target;
 use rtprelay_benches::{LiveCounters, rtp, sys};
 
 use crate::grpc::{Grpc, RelayCounters, SessionTemplate, Sessions};
+use crate::rtpproxy::{self, QueryTotals, Rtpp};
 
 /// Resend interval for priming packets that have not arrived yet.
 const PRIME_RETRY: Duration = Duration::from_millis(200);
@@ -43,7 +44,60 @@ pub enum Setup<'a> {
         local_ip: IpAddr,
         template: SessionTemplate,
     },
+    /// Calls set up with the rtpproxy control protocol (`U`/`L`), deleted with `D`.
+    Rtpproxy {
+        rtpp: &'a Rtpp,
+        sessions: usize,
+        local_ip: IpAddr,
+    },
     Targets(&'a [Target]),
+}
+
+/// A trial's sessions on the relay, whichever protocol created them.
+enum Created<'a> {
+    Grpc(Sessions<'a>),
+    Rtpproxy(rtpproxy::Calls<'a>),
+}
+
+/// What removing a trial's sessions reported.
+#[derive(Default)]
+struct Removed {
+    relay: Option<RelayCounters>,
+    query: Option<QueryTotals>,
+    left: Option<u64>,
+    error: Option<String>,
+}
+
+impl Created<'_> {
+    fn ids(&self) -> Vec<String> {
+        match self {
+            Created::Grpc(s) => s.ids().to_vec(),
+            Created::Rtpproxy(c) => c.ids().to_vec(),
+        }
+    }
+
+    /// Removes the sessions; a failure is reported with the measurement, not instead of it.
+    fn remove(&mut self) -> Removed {
+        let result = match self {
+            Created::Grpc(s) => s.remove().map(|r| Removed {
+                relay: Some(r.counters),
+                left: Some(r.left),
+                ..Removed::default()
+            }),
+            Created::Rtpproxy(c) => c.remove().map(|r| Removed {
+                query: Some(r.totals),
+                left: Some(r.left),
+                ..Removed::default()
+            }),
+        };
+        result.unwrap_or_else(|e| {
+            eprintln!("rtp-blaster: warning: removing the sessions failed: {e:#}");
+            Removed {
+                error: Some(format!("{e:#}")),
+                ..Removed::default()
+            }
+        })
+    }
 }
 
 /// Settings shared by all trials of a run.
@@ -87,7 +141,9 @@ pub struct Outcome {
     pub reverse_mismatch: usize,
     pub session_ids: Vec<String>,
     pub relay: Option<RelayCounters>,
-    /// Sessions still on the relay after removal (gRPC mode; `None` if unknown).
+    /// The relay's own counters from `Q` (rtpproxy mode).
+    pub relay_query: Option<QueryTotals>,
+    /// Sessions still on the relay after removal (gRPC and rtpproxy modes; `None` if unknown).
     pub sessions_left: Option<u64>,
     /// Why removing the sessions failed, if it did.
     pub cleanup_error: Option<String>,
@@ -253,21 +309,10 @@ pub fn run(
             *slot = count;
         }
     }
-    let session_ids = sessions
-        .as_ref()
-        .map(|s| s.ids().to_vec())
-        .unwrap_or_default();
+    let session_ids = sessions.as_ref().map(Created::ids).unwrap_or_default();
     // The media sockets stay open until the sessions are gone, so the relay never sends into
     // closed ports (ICMP errors would show up in its counters as send errors).
-    // A failed removal must not throw the measurement away: it is reported with it.
-    let (relay, sessions_left, cleanup_error) = match sessions.as_mut().map(Sessions::remove) {
-        Some(Ok(removal)) => (Some(removal.counters), Some(removal.left), None),
-        Some(Err(e)) => {
-            eprintln!("rtp-blaster: warning: removing the sessions failed: {e:#}");
-            (None, None, Some(format!("{e:#}")))
-        }
-        None => (None, None, None),
-    };
+    let removed = sessions.as_mut().map(Created::remove).unwrap_or_default();
     drop(flows);
     Ok(Outcome {
         sessions: n,
@@ -284,14 +329,15 @@ pub fn run(
         unprimed,
         reverse_mismatch,
         session_ids,
-        relay,
-        sessions_left,
-        cleanup_error,
+        relay: removed.relay,
+        relay_query: removed.query,
+        sessions_left: removed.left,
+        cleanup_error: removed.error,
     })
 }
 
-/// Binds the sockets and, in gRPC mode, creates the sessions.
-fn open<'a>(settings: &Settings<'a>, prefix: &str) -> Result<(Vec<Flow>, Option<Sessions<'a>>)> {
+/// Binds the sockets and, in gRPC and rtpproxy mode, creates the sessions.
+fn open<'a>(settings: &Settings<'a>, prefix: &str) -> Result<(Vec<Flow>, Option<Created<'a>>)> {
     match &settings.setup {
         Setup::Targets(targets) => {
             let flows = targets
@@ -317,18 +363,7 @@ fn open<'a>(settings: &Settings<'a>, prefix: &str) -> Result<(Vec<Flow>, Option<
             local_ip,
             template,
         } => {
-            let mut sinks = Vec::with_capacity(*sessions);
-            let mut sink_addrs = Vec::with_capacity(*sessions);
-            while sinks.len() < *sessions {
-                let s = bind(SocketAddr::new(*local_ip, 0))?;
-                let addr = s.local_addr()?;
-                // RTCP would go to port + 1, so the relay refuses 65535 as a destination.
-                if addr.port() == u16::MAX {
-                    continue;
-                }
-                sinks.push(s);
-                sink_addrs.push(addr);
-            }
+            let (sinks, sink_addrs) = bind_media(*local_ip, *sessions)?;
             let t0 = Instant::now();
             let (guard, addrs) = grpc.create(prefix, template, &sink_addrs)?;
             if settings.progress {
@@ -351,9 +386,59 @@ fn open<'a>(settings: &Settings<'a>, prefix: &str) -> Result<(Vec<Flow>, Option<
                 })
                 .collect::<Result<Vec<_>>>()?;
             connect_sources(&flows)?;
-            Ok((flows, Some(guard)))
+            Ok((flows, Some(Created::Grpc(guard))))
+        }
+        Setup::Rtpproxy {
+            rtpp,
+            sessions,
+            local_ip,
+        } => {
+            // Both ends exist before the call does: U names the caller, L the callee.
+            let (sinks, sink_addrs) = bind_media(*local_ip, *sessions)?;
+            let (srcs, src_addrs) = bind_media(*local_ip, *sessions)?;
+            let pairs: Vec<(SocketAddr, SocketAddr)> =
+                src_addrs.into_iter().zip(sink_addrs).collect();
+            let t0 = Instant::now();
+            let (guard, addrs) = rtpp.create(prefix, &pairs)?;
+            if settings.progress {
+                eprintln!(
+                    "rtp-blaster: set up {} call(s) in {:.2} s",
+                    addrs.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            let flows: Vec<Flow> = srcs
+                .into_iter()
+                .zip(sinks)
+                .zip(addrs)
+                .map(|((src, sink), a)| Flow {
+                    src,
+                    sink,
+                    dst: a.to_callee,
+                    reverse: Some(a.to_caller),
+                })
+                .collect();
+            connect_sources(&flows)?;
+            Ok((flows, Some(Created::Rtpproxy(guard))))
         }
     }
+}
+
+/// Binds `n` media sockets on `ip` and returns them with their addresses.
+fn bind_media(ip: IpAddr, n: usize) -> Result<(Vec<UdpSocket>, Vec<SocketAddr>)> {
+    let mut socks = Vec::with_capacity(n);
+    let mut addrs = Vec::with_capacity(n);
+    while socks.len() < n {
+        let s = bind(SocketAddr::new(ip, 0))?;
+        let addr = s.local_addr()?;
+        // RTCP would go to port + 1, so relays refuse 65535 as a media port.
+        if addr.port() == u16::MAX {
+            continue;
+        }
+        socks.push(s);
+        addrs.push(addr);
+    }
+    Ok((socks, addrs))
 }
 
 fn bind(addr: SocketAddr) -> Result<UdpSocket> {
