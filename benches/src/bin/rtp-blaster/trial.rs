@@ -312,7 +312,14 @@ pub fn run(
     let session_ids = sessions.as_ref().map(Created::ids).unwrap_or_default();
     // The media sockets stay open until the sessions are gone, so the relay never sends into
     // closed ports (ICMP errors would show up in its counters as send errors).
+    let t0 = Instant::now();
     let removed = sessions.as_mut().map(Created::remove).unwrap_or_default();
+    if settings.progress && sessions.is_some() {
+        eprintln!(
+            "rtp-blaster: removed the sessions in {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
     drop(flows);
     Ok(Outcome {
         sessions: n,
