@@ -1,6 +1,7 @@
 //! The rtpproxy control protocol against the real relay over UDP: Kamailio's exact handshake and
 //! call commands, media through both sides with symmetric latching, retransmissions, queries,
-//! deletion, errors, and the same call visible over gRPC.
+//! deletion, errors, the same call visible over gRPC, and a burst of calls executed in
+//! parallel with each call's commands in order.
 
 mod common;
 
@@ -144,6 +145,69 @@ async fn kamailio_transcript_relays_a_call_and_is_visible_over_grpc() {
         "0",
         "L never creates"
     );
+}
+
+/// A burst of whole call lifecycles sent without waiting for replies (as many proxy workers
+/// sharing one relay do): calls run in parallel, but each call's U, L, Q and D in the order
+/// sent, so every L finds its session, every Q sees it and every D deletes it. A D overtaking
+/// its U would answer E50 and leave the call behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_keeps_each_calls_command_order() {
+    const CALLS: usize = 60;
+    let ctl_port = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl_port}");
+    let (relay, mut grpc) = Relay::start(2, &["--rtpproxy-listen", &listen]).await;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The replies of the whole burst queue here until read.
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let verbs = ["U", "L", "Q", "D"];
+    for i in 0..CALLS {
+        let cmds = [
+            format!("U burst-{i} 127.0.0.1 {} f{i};1", 20000 + 2 * i),
+            format!("L burst-{i} 127.0.0.1 {} f{i};1 t{i};1", 30000 + 2 * i),
+            format!("Q burst-{i} f{i};1 t{i};1"),
+            format!("D burst-{i} f{i};1 t{i};1"),
+        ];
+        for (verb, cmd) in verbs.iter().zip(cmds) {
+            sock.send_to(
+                format!("{verb}{i} {cmd}").as_bytes(),
+                ("127.0.0.1", ctl_port),
+            )
+            .unwrap();
+        }
+    }
+    let mut replies = std::collections::HashMap::new();
+    let mut buf = [0u8; 2048];
+    while replies.len() < 4 * CALLS {
+        let (n, _) = sock.recv_from(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "only {} of {} replies ({e}):\n{}",
+                replies.len(),
+                4 * CALLS,
+                relay.log_text()
+            )
+        });
+        let text = std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .trim_end()
+            .to_owned();
+        let (cookie, body) = text.split_once(' ').unwrap();
+        replies.insert(cookie.to_owned(), body.to_owned());
+    }
+    for i in 0..CALLS {
+        let get = |verb: &str| replies[&format!("{verb}{i}")].clone();
+        let (u, l) = (get("U"), get("L"));
+        assert_ne!(port_of(&u), port_of(&l), "call {i}: U {u:?}, L {l:?}");
+        assert_eq!(get("Q").split(' ').count(), 5, "call {i}: Q {:?}", get("Q"));
+        assert_eq!(get("D"), "0", "call {i}");
+    }
+    let list = grpc
+        .list_sessions(v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.total, 0, "every call deleted: {list:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

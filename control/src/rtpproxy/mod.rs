@@ -25,6 +25,7 @@ pub mod error;
 pub mod executor;
 mod fields;
 pub mod frame;
+pub mod lanes;
 pub mod notify;
 pub mod parse;
 pub mod query;

@@ -1,25 +1,38 @@
 //! The rtpproxy control listeners: UDP (cookie mode, IPv4 or IPv6) and a unix stream socket
 //! (local mode: one command per line, or per connection when the client closes its side).
 //!
-//! Commands are taken one at a time per socket, in arrival order: a controller waits for each
-//! reply, and U before L of one call must not be reordered. Retransmissions (same source and
-//! cookie) are answered from the reply cache instead of being executed twice. Datagrams from
-//! addresses outside the allow-list are dropped, logged and counted.
+//! UDP commands run on [`LANES`] lanes: one call's commands in arrival order on the lane its
+//! call-ID picks ([`lanes::lane_of`]), different calls in parallel, so a burst of call set-ups
+//! from many proxy workers is not served one session creation at a time. Retransmissions (same
+//! source and cookie) are answered from the reply cache instead of being executed twice, or
+//! dropped while the original still runs. Datagrams from addresses outside the allow-list are
+//! dropped, logged and counted.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UdpSocket, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::cache::{Lookup, ReplyCache};
 use super::executor::Executor;
 use super::frame::{self, Mode};
+use super::lanes;
 use super::parse::parse;
 use super::reply::Reply;
+
+/// Lanes of a UDP listener: how many calls' commands execute at once.
+pub const LANES: usize = 16;
+/// Commands queued per lane; when a lane is full the listener stops reading until it has room
+/// (the kernel's socket buffer holds the rest, controllers retransmit what it drops).
+const LANE_DEPTH: usize = 64;
+/// How long a stopping listener lets its lanes finish the commands already accepted.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// Counters of one listener.
 #[derive(Debug, Default)]
@@ -30,7 +43,17 @@ pub struct ListenerStats {
     pub refused_sources: AtomicU64,
 }
 
-/// Serves `socket` until `shutdown` resolves.
+/// A command accepted for execution: who sent it, under which cookie.
+struct Job {
+    src: SocketAddr,
+    cookie: String,
+    command: String,
+}
+
+/// The reply cache, shared by the receive loop (lookups) and the lanes (replies).
+type SharedCache = Arc<Mutex<ReplyCache>>;
+
+/// Serves `socket` until `shutdown` resolves, then lets the lanes finish what they accepted.
 pub async fn serve_udp(
     socket: UdpSocket,
     executor: Arc<Executor>,
@@ -39,8 +62,22 @@ pub async fn serve_udp(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let local = socket.local_addr().ok();
-    info!(address = ?local, "rtpproxy control listener ready");
-    let mut cache = ReplyCache::default();
+    info!(address = ?local, lanes = LANES, "rtpproxy control listener ready");
+    let socket = Arc::new(socket);
+    let cache: SharedCache = Arc::default();
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut workers = JoinSet::new();
+    for _ in 0..LANES {
+        let (tx, rx) = mpsc::channel(LANE_DEPTH);
+        lanes.push(tx);
+        workers.spawn(run_lane(
+            rx,
+            socket.clone(),
+            cache.clone(),
+            executor.clone(),
+            stats.clone(),
+        ));
+    }
     let mut buf = vec![0u8; 65536];
     tokio::pin!(shutdown);
     loop {
@@ -59,46 +96,95 @@ pub async fn serve_udp(
             warn!(source = %src, "rtpproxy command from an address not in the allow-list; ignored");
             continue;
         }
-        if let Some(reply) = handle(&buf[..n], src, &mut cache, &executor, &stats).await {
-            if let Err(e) = socket.send_to(reply.as_bytes(), src).await {
-                warn!(source = %src, error = %e, "rtpproxy reply could not be sent");
+        match admit(&buf[..n], src, &cache, &stats) {
+            Admit::Reply(reply) => {
+                if let Err(e) = socket.send_to(reply.as_bytes(), src).await {
+                    warn!(source = %src, error = %e, "rtpproxy reply could not be sent");
+                }
+            }
+            Admit::Ignore => {}
+            Admit::Run(job) => {
+                let lane = lanes::lane_of(&job.command, LANES);
+                // Waits while the lane is full: backpressure instead of an unbounded queue.
+                if lanes[lane].send(job).await.is_err() {
+                    warn!("rtpproxy command lane ended unexpectedly; listener stops");
+                    break;
+                }
             }
         }
+    }
+    drop(lanes);
+    let drained = tokio::time::timeout(DRAIN, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(address = ?local, "rtpproxy commands still running at shutdown were abandoned");
     }
     info!(address = ?local, "rtpproxy control listener stopped");
 }
 
-/// One datagram in, at most one reply out.
-async fn handle(
-    datagram: &[u8],
-    src: SocketAddr,
-    cache: &mut ReplyCache,
-    executor: &Executor,
-    stats: &ListenerStats,
-) -> Option<String> {
+/// What the receive loop does with one datagram.
+enum Admit {
+    /// Answer at once: a framing error, or a retransmission's cached reply.
+    Reply(String),
+    /// A retransmission of a command still executing: its reply will answer both.
+    Ignore,
+    /// A new command: execute it on its lane.
+    Run(Job),
+}
+
+fn admit(datagram: &[u8], src: SocketAddr, cache: &SharedCache, stats: &ListenerStats) -> Admit {
     stats.commands.fetch_add(1, Ordering::Relaxed);
     let frame = match frame::split(datagram, Mode::Datagram) {
         Ok(f) => f,
         Err(e) => {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             warn!(source = %src, code = %e.code, "malformed rtpproxy datagram");
-            return Some(e.reply());
+            return Admit::Reply(e.reply());
         }
     };
-    let cookie = frame.cookie.unwrap_or_default().to_owned();
-    match cache.begin(src, &cookie, Instant::now()) {
+    let cookie = frame.cookie.unwrap_or_default();
+    let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    match cache.begin(src, cookie, Instant::now()) {
         Lookup::Replied(r) => {
             stats.retransmissions.fetch_add(1, Ordering::Relaxed);
-            return Some(r.to_owned());
+            Admit::Reply(r.to_owned())
         }
-        Lookup::InProgress => return None,
-        Lookup::New => {}
+        Lookup::InProgress => {
+            stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+            Admit::Ignore
+        }
+        Lookup::New => Admit::Run(Job {
+            src,
+            cookie: cookie.to_owned(),
+            command: frame.command.to_owned(),
+        }),
     }
-    let reply = respond(frame.command, &src.to_string(), executor, stats).await;
-    let text = frame::format_reply(Some(&cookie), &reply.render());
-    debug!(source = %src, reply = text.trim_end(), "rtpproxy reply");
-    cache.finish(src, &cookie, text.clone(), Instant::now());
-    Some(text)
+}
+
+/// One lane: executes its commands one after another, caches and sends each reply.
+async fn run_lane(
+    mut jobs: mpsc::Receiver<Job>,
+    socket: Arc<UdpSocket>,
+    cache: SharedCache,
+    executor: Arc<Executor>,
+    stats: Arc<ListenerStats>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let reply = respond(&job.command, &job.src.to_string(), &executor, &stats).await;
+        let text = frame::format_reply(Some(&job.cookie), &reply.render());
+        debug!(source = %job.src, reply = text.trim_end(), "rtpproxy reply");
+        cache.lock().unwrap_or_else(PoisonError::into_inner).finish(
+            job.src,
+            &job.cookie,
+            text.clone(),
+            Instant::now(),
+        );
+        if let Err(e) = socket.send_to(text.as_bytes(), job.src).await {
+            warn!(source = %job.src, error = %e, "rtpproxy reply could not be sent");
+        }
+    }
 }
 
 /// Parses and executes one command, logging and counting failures.
