@@ -87,14 +87,18 @@ impl PacketCounters {
 }
 
 /// One direction of a session: RTP and RTCP counters and the last time a packet arrived.
+///
+/// `repr(C)` keeps the fields in this order: the ones every packet touches come first, so a
+/// packet touches few cache lines (see `dataplane/benches/packet_path.rs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct DirectionStats {
-    pub rtp: PacketCounters,
-    pub rtcp: PacketCounters,
     /// Microseconds since the Unix epoch; 0 until the first packet.
     pub first_activity_us: u64,
     /// Microseconds since the Unix epoch; 0 until the first packet.
     pub last_activity_us: u64,
+    pub rtp: PacketCounters,
+    pub rtcp: PacketCounters,
 }
 
 impl DirectionStats {

@@ -47,17 +47,21 @@ impl SeqVerdict {
 }
 
 /// RFC 3550 A.1 `source` state for one SSRC.
+///
+/// `repr(C)`: the fields every packet updates first (one cache line), the interval and event
+/// counters after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct SeqState {
-    max_seq: u16,
-    /// Wraps seen, times `RTP_SEQ_MOD`.
-    cycles: u64,
-    base_seq: u64,
-    bad_seq: u32,
-    probation: u8,
-    received: u64,
     /// Bit `i` set: extended sequence number `max - i` was received since the last (re)start.
     window: u128,
+    received: u64,
+    /// Wraps seen, times `RTP_SEQ_MOD`.
+    cycles: u64,
+    max_seq: u16,
+    probation: u8,
+    bad_seq: u32,
+    base_seq: u64,
     carried_expected: u64,
     carried_received: u64,
     expected_prior: u64,

@@ -26,12 +26,14 @@ impl Direction {
     }
 }
 
+/// `repr(C)`: the RTP counter beside the first source, the RTCP state (cold for RTP) last.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[repr(C)]
 struct DirectionState {
-    sources: SourceTable,
-    rtcp: RtcpSide,
     rtp_packets: u64,
     non_rtp: u64,
+    sources: SourceTable,
+    rtcp: RtcpSide,
 }
 
 impl DirectionState {
@@ -54,10 +56,12 @@ impl DirectionState {
 /// path without a budget of its own. Time is passed in by the caller, which keeps it
 /// deterministic and testable.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[repr(C)]
 pub struct SessionMedia {
+    /// Read by every RTP packet, first: `repr(C)` keeps this order.
+    clocks: ClockMap,
     forward: DirectionState,
     reverse: DirectionState,
-    clocks: ClockMap,
     client_rtt: RttStats,
     destination_rtt: RttStats,
 }

@@ -26,15 +26,19 @@ pub(crate) struct RemoteRaw {
 }
 
 /// One SSRC seen in one direction.
+///
+/// `repr(C)`: what every packet reads and writes (identity, jitter, then the sequence state,
+/// whose own hot fields come first) in the first two cache lines, the rest after.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
 pub(crate) struct SourceState {
     pub ssrc: u32,
     pub payload_type: u8,
     pub clock_rate: Option<u32>,
-    pub seq: SeqState,
-    pub jitter: Jitter,
-    pub first_seen_us: u64,
     pub last_seen_us: u64,
+    pub jitter: Jitter,
+    pub seq: SeqState,
+    pub first_seen_us: u64,
     pub remote: Option<RemoteRaw>,
 }
 
@@ -108,6 +112,7 @@ impl SourceState {
 
 /// The sources of one direction.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[repr(C)]
 pub(crate) struct SourceTable {
     first: Option<SourceState>,
     /// Slots 1.. of the table, allocated when a second source appears.
