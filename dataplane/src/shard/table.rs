@@ -50,24 +50,33 @@ struct Closing {
     silent: bool,
 }
 
+/// `repr(C)` keeps the fields in this order: what every packet reads (closing, fork,
+/// generation, connected flags, then the transport with its tokens ahead of the relay state)
+/// comes first, contiguous with the relay state's own hot fields; the rest comes after. (The
+/// size, 2,032 bytes, is not a power of two: entries of 2,048 would put the same field of
+/// every session into the same few cache sets.)
+#[repr(C)]
 struct Entry {
+    closing: Option<Closing>,
+    /// Allocated the first time the session is forked or recorded: most sessions never are.
+    fork: Option<Box<Fork>>,
+    generation: u32,
+    /// UDP: the connect-side RTP and RTCP sockets are connected to the destination
+    /// ([`SocketOptions::connect_destination`]).
+    connected: [bool; 2],
+    transport: Transport,
+    destination: SocketAddr,
     /// Shared with the table's index by ID, so the ID is stored once.
     id: Rc<str>,
-    generation: u32,
     listen: SocketAddr,
     connect: SocketAddr,
-    destination: SocketAddr,
     /// Interned per shard (see [`DeviceCache`]): a session holds no copy of its own.
     listen_device: Option<Rc<str>>,
     connect_device: Option<Rc<str>>,
     created_us: u64,
-    transport: Transport,
-    closing: Option<Closing>,
-    monitor: Monitor,
     /// Last control-plane refresh (rtpproxy U/L), counted as activity for the idle timeout.
     refreshed_us: u64,
-    /// Allocated the first time the session is forked or recorded: most sessions never are.
-    fork: Option<Box<Fork>>,
+    monitor: Monitor,
 }
 
 /// Media forking (rtpproxy `C`) and recording (rtpproxy `R`) of one UDP session: RTP and RTCP,
@@ -101,17 +110,13 @@ impl Fork {
 // UDP stays inline: boxing it would add a pointer chase to every packet, while the few bytes a
 // TCP entry wastes in the slab do not matter.
 #[allow(clippy::large_enum_variant)]
+/// `repr(C)`: a variant's fields stay in the order written (see [`Entry`]).
+#[repr(C)]
 enum Transport {
     /// The sockets live in the I/O layer's registered-file table only: the table holds a
     /// reference to each, so the session keeps no descriptor open and 10,000+ sessions fit in a
     /// process's open-files limit. Clearing the slot (`remove_sockets`) closes the socket.
-    Udp {
-        relay: UdpRelay,
-        tokens: [Token; 4],
-        /// The connect-side RTP and RTCP sockets are connected to the destination
-        /// ([`SocketOptions::connect_destination`]).
-        connected: [bool; 2],
-    },
+    Udp { tokens: [Token; 4], relay: UdpRelay },
     /// Driven by its own glommio task, which owns the sockets.
     Tcp(TcpSession),
 }
@@ -314,8 +319,8 @@ impl SessionTable {
                     relay
                 },
                 tokens,
-                connected,
             },
+            connected,
             closing: None,
             fork: None,
         };
@@ -934,6 +939,7 @@ impl SessionTable {
             connect_device: None,
             created_us,
             transport: Transport::Tcp(tcp),
+            connected: [false; 2],
             closing: None,
             fork: None,
         });
@@ -981,12 +987,8 @@ impl PacketHandler for SessionTable {
         if entry.closing.is_some() {
             return Action::Drop;
         }
-        let Transport::Udp {
-            relay,
-            tokens,
-            connected: out_connected,
-        } = &mut entry.transport
-        else {
+        let out_connected = entry.connected;
+        let Transport::Udp { relay, tokens } = &mut entry.transport else {
             return Action::Drop;
         };
         match relay.on_receive(leg, p.from, p.payload, p.truncated, p.arrival_us) {
