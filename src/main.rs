@@ -193,6 +193,38 @@ fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// Receive buffer of an rtpproxy UDP control socket. A burst of commands (a call storm, many
+/// proxy workers at once, a proxy re-sending after a restart) waits here while the listener's
+/// lanes are busy; the kernel's default (~212 KB) holds only ~270 command datagrams, and each
+/// one dropped costs its call a retransmission a second later. 4 MiB holds ~5,000.
+const RTPPROXY_RCVBUF: usize = 4 << 20;
+
+/// An rtpproxy UDP control socket bound to `addr`, with [`RTPPROXY_RCVBUF`] of receive buffer
+/// (beyond net.core.rmem_max when running as root).
+fn rtpproxy_udp_socket(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let size = libc::c_int::try_from(RTPPROXY_RCVBUF).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int; the descriptor is
+    // owned by `socket` for the whole call.
+    let forced = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced {
+        // Not privileged: the kernel caps this at net.core.rmem_max.
+        socket.set_recv_buffer_size(RTPPROXY_RCVBUF)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
 /// Binds the configured rtpproxy control sockets and serves them until `stop` turns true.
 async fn start_rtpproxy(
     config: &Config,
@@ -236,8 +268,7 @@ async fn start_rtpproxy(
     tokio::spawn(executor.refs().run(events.clone()));
     let mut tasks = Vec::new();
     for addr in addrs {
-        let socket = tokio::net::UdpSocket::bind(addr)
-            .await
+        let socket = rtpproxy_udp_socket(addr)
             .with_context(|| format!("binding the rtpproxy control socket {addr}"))?;
         let mut stop = stop.clone();
         tasks.push(tokio::spawn(serve_udp(
