@@ -145,6 +145,14 @@ fn light_load(sessions_from: &[String], run_id: &str) -> Vec<String> {
     args
 }
 
+/// Runs the blaster with `args` to the end and checks it was a clean light run.
+async fn clean_light_run(blaster: &Path, args: &[String], json: &Path) -> Run {
+    let child = spawn_blaster(blaster, args, json);
+    let run = finish_blaster(child, json, Duration::from_secs(SECONDS + 15)).await;
+    assert_clean_light_run(&run);
+    run
+}
+
 /// The checks every clean light run must pass, whatever set the sessions up: every packet
 /// arrives once at the right socket, latency and jitter are plausible, and the verdict passes.
 fn assert_clean_light_run(run: &Run) {
@@ -250,13 +258,7 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
         &["--grpc".into(), format!("http://{}", relay.grpc)],
         &run_id("smoke"),
     ));
-    let run = finish_blaster(
-        spawn_blaster(&blaster, &args, &json),
-        &json,
-        Duration::from_secs(SECONDS + 15),
-    )
-    .await;
-    assert_clean_light_run(&run);
+    let run = clean_light_run(&blaster, &args, &json).await;
     let (t, ctx) = (run.doc.at("trials.0"), run.ctx());
     if realtime {
         assert_eq!(run.doc.num("config.recv_priority"), 10.0, "{ctx}");
@@ -279,24 +281,24 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
     drop(relay);
 }
 
+/// A relay with an rtpproxy UDP control listener: the relay, its gRPC client, the listener
+/// (`udp:127.0.0.1:PORT`) and a JSON record path for the blaster.
+async fn rtpproxy_relay(tag: &str) -> (Relay, RelayClient<Channel>, String, PathBuf) {
+    let ctl = free_udp_port();
+    let listen = format!("udp:127.0.0.1:{ctl}");
+    let (relay, client) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
+    (relay, client, listen, json_path(tag, ctl))
+}
+
 /// The same light load with the calls set up over the rtpproxy protocol, as Kamailio does
 /// (`U` with the caller, `L` with the callee), queried with `Q` and deleted with `D`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blaster_sets_up_calls_over_rtpproxy_and_deletes_them() {
     let blaster = build_blaster();
-    let ctl = free_udp_port();
-    let listen = format!("udp:127.0.0.1:{ctl}");
-    let (relay, mut client) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
-    let json = json_path("rtpp", ctl);
+    let (relay, mut client, listen, json) = rtpproxy_relay("rtpp").await;
     let mut args = priority_args();
     args.extend(light_load(&["--rtpproxy".into(), listen], &run_id("rtpp")));
-    let run = finish_blaster(
-        spawn_blaster(&blaster, &args, &json),
-        &json,
-        Duration::from_secs(SECONDS + 15),
-    )
-    .await;
-    assert_clean_light_run(&run);
+    let run = clean_light_run(&blaster, &args, &json).await;
     let (t, ctx) = (run.doc.at("trials.0"), run.ctx());
     // The relay sent from the ports its U replies named: the blaster's sinks took them as
     // the reverse peers and nothing was filtered.
@@ -322,10 +324,7 @@ async fn blaster_sets_up_calls_over_rtpproxy_and_deletes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_blaster_reports_and_deletes_its_calls() {
     let blaster = build_blaster();
-    let ctl = free_udp_port();
-    let listen = format!("udp:127.0.0.1:{ctl}");
-    let (relay, mut client) = Relay::start(1, &["--rtpproxy-listen", &listen]).await;
-    let json = json_path("sigint", ctl);
+    let (relay, mut client, listen, json) = rtpproxy_relay("sigint").await;
     let mut args = light_load(&["--rtpproxy".into(), listen], &run_id("sigint"));
     // Far longer than the test waits: only the signal can end it in time.
     let seconds = args

@@ -165,6 +165,20 @@ impl Table {
         t
     }
 
+    /// The next packet of the walk: the next session in the scattered order (`i`), packet
+    /// number `n` with a new sequence number and timestamp, so the statistics do real work.
+    /// Returns the token it arrives on.
+    fn next_packet(&self, i: &mut usize, n: &mut u64, packet: &mut [u8]) -> u32 {
+        *i += 1;
+        if *i == self.order.len() {
+            *i = 0;
+        }
+        *n += 1;
+        packet[2..4].copy_from_slice(&(*n as u16).to_be_bytes());
+        packet[4..8].copy_from_slice(&((*n as u32).wrapping_mul(160)).to_be_bytes());
+        black_box(self.order[*i])
+    }
+
     /// The shard's lookup: token -> socket entry -> session slot.
     #[inline]
     fn lookup(&mut self, token: u32) -> Option<(&mut UdpRelay, Leg)> {
@@ -221,15 +235,7 @@ fn session_lookup(c: &mut Criterion) {
         }
         group.bench_with_input(BenchmarkId::from_parameter(sessions), &sessions, |b, _| {
             b.iter(|| {
-                i += 1;
-                if i == table.order.len() {
-                    i = 0;
-                }
-                n += 1;
-                // A new sequence number and timestamp, so the statistics do real work.
-                packet[2..4].copy_from_slice(&(n as u16).to_be_bytes());
-                packet[4..8].copy_from_slice(&((n as u32).wrapping_mul(160)).to_be_bytes());
-                let token = black_box(table.order[i]);
+                let token = table.next_packet(&mut i, &mut n, &mut packet);
                 let verdict = table
                     .lookup(token)
                     .map(|(relay, leg)| relay.on_receive(leg, from, &packet, false, n * 20));
@@ -259,14 +265,7 @@ fn lookup_decide_account(c: &mut Criterion) {
         }
         group.bench_with_input(BenchmarkId::from_parameter(sessions), &sessions, |b, _| {
             b.iter(|| {
-                i += 1;
-                if i == table.order.len() {
-                    i = 0;
-                }
-                n += 1;
-                packet[2..4].copy_from_slice(&(n as u16).to_be_bytes());
-                packet[4..8].copy_from_slice(&((n as u32).wrapping_mul(160)).to_be_bytes());
-                let token = black_box(table.order[i]);
+                let token = table.next_packet(&mut i, &mut n, &mut packet);
                 let len = packet.len();
                 let sent = table.lookup(token).map(|(relay, leg)| {
                     match relay.on_receive(leg, from, &packet, false, n * 20) {
