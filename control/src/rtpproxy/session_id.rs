@@ -9,8 +9,8 @@
 //!   for an offer in a request and its answer in the reply (`U`, then `L caller_tag
 //!   callee_tag`), but swaps them for an offer in a reply and its answer in the ACK (late
 //!   offer), and a re-INVITE from the callee sends `U` with the callee's tag first. rtpproxy
-//!   resolves this by trying the from-tag, then the to-tag; [`candidates`] gives the IDs in that order, and `U`
-//!   creates under the first when neither exists.
+//!   resolves this by trying the from-tag, then the to-tag; [`candidates`] gives the IDs in
+//!   that order, and `U` creates under the first when neither exists.
 //!
 //! Readable form: `rtpp:<call-id>:<tag>:<index>`, used when the call-ID and tag are printable
 //! ASCII without spaces, the tag has no `:` (so the form splits unambiguously from the right)

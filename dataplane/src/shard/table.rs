@@ -52,9 +52,9 @@ struct Closing {
 
 /// `repr(C)` keeps the fields in this order: what every packet reads (closing, fork,
 /// generation, connected flags, then the transport with its tokens ahead of the relay state)
-/// comes first, contiguous with the relay state's own hot fields; the rest comes after. (The
-/// size, 2,032 bytes, is not a power of two: entries of 2,048 would put the same field of
-/// every session into the same few cache sets.)
+/// comes first, contiguous with the relay state's own hot fields; the rest comes after. Keep
+/// the size off powers of two (2,032 bytes when this was written): entries of 2,048 bytes
+/// would put the same field of every session into the same few cache sets.
 #[repr(C)]
 struct Entry {
     closing: Option<Closing>,
@@ -106,11 +106,11 @@ impl Fork {
 }
 
 /// What moves a session's bytes. The table creates, closes, supervises and snapshots both the
-/// same way; only the UDP variant sits on the shard's per-packet path.
+/// same way; only the UDP variant sits on the shard's per-packet path. `repr(C)`: a variant's
+/// fields stay in the order written, the tokens ahead of the relay state (see [`Entry`]).
 // UDP stays inline: boxing it would add a pointer chase to every packet, while the few bytes a
 // TCP entry wastes in the slab do not matter.
 #[allow(clippy::large_enum_variant)]
-/// `repr(C)`: a variant's fields stay in the order written (see [`Entry`]).
 #[repr(C)]
 enum Transport {
     /// The sockets live in the I/O layer's registered-file table only: the table holds a

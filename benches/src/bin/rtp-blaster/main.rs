@@ -46,7 +46,11 @@ const MAX_RATE: f64 = 50_000_000.0;
 
 #[derive(Parser, Debug)]
 #[command(
-    group(clap::ArgGroup::new("sessions_from").required(true).args(["grpc", "rtpproxy", "targets"])),
+    group(
+        clap::ArgGroup::new("sessions_from")
+            .required(true)
+            .args(["grpc", "rtpproxy", "targets"])
+    ),
     about = "Realistic RTP load through a relay: loss, reordering, latency and jitter per flow",
     after_help = "Examples:\n  \
       rtp-blaster --grpc http://127.0.0.1:50051 --sessions 100 --pps-per-session 50 \

@@ -233,7 +233,10 @@ mod tests {
         /// Whatever a relay (or anyone on the path) answers, the reply parsers return a value
         /// or an error, never panic; and a datagram never completes a command it does not name.
         #[test]
-        fn replies_never_panic(text in "\\PC{0,40}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+        fn replies_never_panic(
+            text in "\\PC{0,40}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
             let _ = media_address(&text, LOCAL);
             let _ = query_counts(&text);
             let _ = delete_outcome(&text);
