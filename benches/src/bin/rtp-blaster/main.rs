@@ -65,9 +65,9 @@ struct Args {
     /// rtprelay's gRPC API (`http://HOST:PORT`): create `--sessions` sessions there.
     #[arg(long, requires = "sessions", conflicts_with_all = ["targets", "rtpproxy"])]
     grpc: Option<String>,
-    /// An rtpproxy-protocol control socket (`udp:HOST:PORT`, `udp6:[HOST]:PORT`): set up
-    /// `--sessions` calls there with `U`/`L`, as Kamailio and OpenSIPS do, and delete them
-    /// with `D` afterwards.
+    /// An rtpproxy-protocol control socket (`udp:HOST:PORT`, `udp6:[HOST]:PORT` or
+    /// `unix:/PATH`): set up `--sessions` calls there with `U`/`L`, as Kamailio and OpenSIPS
+    /// do, and delete them with `D` afterwards.
     #[arg(long, requires = "sessions", conflicts_with = "targets")]
     rtpproxy: Option<String>,
     /// Modifiers for every `U`/`L` command in `--rtpproxy` mode (e.g. `a` for asymmetric,
@@ -166,8 +166,8 @@ struct Args {
     /// reap sessions of a blaster that was killed outright.
     #[arg(long)]
     idle_timeout_ms: Option<u32>,
-    /// Parallel gRPC requests (rtpproxy commands in flight) while creating and removing
-    /// sessions.
+    /// Parallel gRPC requests (rtpproxy commands in flight; unix: connections, at most 32)
+    /// while creating and removing sessions.
     #[arg(long, default_value_t = 32)]
     grpc_concurrency: usize,
     /// Upper bound for removing a trial's sessions, seconds.

@@ -4,13 +4,15 @@
 //! So the blaster loads rtprelay through the control path SIP proxies use, and any other relay
 //! that speaks the protocol (rtpproxy itself, rtpengine's `listen-udp`) the same way.
 //!
-//! Commands are pipelined (a window of them in flight, matched by cookie) and retransmitted
-//! with the same cookie when no reply comes, as controllers do; the relay's reply cache answers
-//! a retransmission without running the command twice. The matching is a small sans-IO state
+//! Over UDP, commands are pipelined (a window of them in flight, matched by cookie) and
+//! retransmitted with the same cookie when no reply comes, as controllers do; the relay's reply
+//! cache answers a retransmission without running the command twice. Over a unix socket
+//! (`unix:/PATH`) each command gets its own connection, several at once ([`stream`]). The matching is a small sans-IO state
 //! machine (`wire::Exchange`, with the replies' grammar); [`Rtpp`] only moves its datagrams.
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,9 +21,11 @@ use rtprelay_benches::sys;
 use serde_json::{Value, json};
 
 use self::wire::{
-    DeleteOutcome, Exchange, RETRY, TRIES, delete_outcome, media_address, parse_spec, query_counts,
+    Control, DeleteOutcome, Exchange, RETRY, TRIES, delete_outcome, media_address, parse_spec,
+    query_counts,
 };
 
+mod stream;
 mod wire;
 
 /// Upper bound for creating a trial's calls.
@@ -31,10 +35,32 @@ const BASE_VERSION: &str = "20040107";
 /// How long one receive waits before the loop looks at retransmissions again.
 const POLL: Duration = Duration::from_millis(5);
 
+/// How the blaster reaches the relay's control socket.
+enum Link {
+    Udp { sock: UdpSocket, server: SocketAddr },
+    Unix(PathBuf),
+}
+
+impl Link {
+    /// The address a `U`/`L` reply without one means: the relay's own.
+    fn relay_ip(&self) -> IpAddr {
+        match self {
+            Link::Udp { server, .. } => server.ip(),
+            Link::Unix(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Link::Udp { server, .. } => server.to_string(),
+            Link::Unix(path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
 /// A control connection to an rtpproxy-protocol relay.
 pub struct Rtpp {
-    sock: UdpSocket,
-    server: SocketAddr,
+    link: Link,
     /// Commands in flight at once.
     window: usize,
     cleanup_timeout: Duration,
@@ -62,20 +88,25 @@ impl Rtpp {
         cleanup_timeout: Duration,
         mods: &str,
     ) -> Result<Self> {
-        let server = parse_spec(spec)?;
-        let local: SocketAddr = if server.is_ipv6() {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
+        let link = match parse_spec(spec)? {
+            Control::Udp(server) => {
+                let local: SocketAddr = if server.is_ipv6() {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                let sock = UdpSocket::bind(local).context("bind the rtpproxy control socket")?;
+                sock.connect(server)
+                    .with_context(|| format!("connect the rtpproxy control socket to {server}"))?;
+                sock.set_read_timeout(Some(POLL))
+                    .context("rtpproxy control socket timeout")?;
+                Link::Udp { sock, server }
+            }
+            Control::Unix(path) => Link::Unix(path),
         };
-        let sock = UdpSocket::bind(local).context("bind the rtpproxy control socket")?;
-        sock.connect(server)
-            .with_context(|| format!("connect the rtpproxy control socket to {server}"))?;
-        sock.set_read_timeout(Some(POLL))
-            .context("rtpproxy control socket timeout")?;
+        let server = link.name();
         let rtpp = Self {
-            sock,
-            server,
+            link,
             window: window.max(1),
             cleanup_timeout,
             mods: mods.to_owned(),
@@ -146,17 +177,31 @@ impl Rtpp {
             .zip(replies)
             .map(|(id, reply)| {
                 let reply = reply.with_context(|| format!("{what} {id}: no reply"))?;
-                media_address(&reply, self.server.ip())
+                media_address(&reply, self.link.relay_ip())
                     .map_err(|e| anyhow!("{what} {id}: {e} (reply {reply:?})"))
             })
             .collect()
     }
 
-    /// Sends `commands` (a window at a time, retransmitting unanswered ones) until each has a
-    /// reply, gave up, or `deadline` passed. A stop request ends it early only if
-    /// `interruptible` (creation stops, removal must finish).
+    /// Sends `commands` (a window at a time) until each has a reply, gave up, or `deadline`
+    /// passed. A stop request ends it early only if `interruptible` (creation stops, removal
+    /// must finish).
     fn run(
         &self,
+        commands: &[String],
+        deadline: Instant,
+        interruptible: bool,
+    ) -> Vec<Option<String>> {
+        match &self.link {
+            Link::Udp { sock, .. } => self.run_udp(sock, commands, deadline, interruptible),
+            Link::Unix(path) => stream::run(path, commands, self.window, deadline, interruptible),
+        }
+    }
+
+    /// Datagram mode: cookies, retransmitting unanswered commands with the same cookie.
+    fn run_udp(
+        &self,
+        sock: &UdpSocket,
         commands: &[String],
         deadline: Instant,
         interruptible: bool,
@@ -172,11 +217,9 @@ impl Rtpp {
             }
             for (cookie, i) in ex.due(Instant::now()) {
                 // A failed send is retried like a lost one.
-                let _ = self
-                    .sock
-                    .send(format!("{cookie} {}", commands[i]).as_bytes());
+                let _ = sock.send(format!("{cookie} {}", commands[i]).as_bytes());
             }
-            match self.sock.recv(&mut buf) {
+            match sock.recv(&mut buf) {
                 Ok(n) => ex.on_datagram(&buf[..n]),
                 // Nothing yet; or ICMP port unreachable from a relay not (yet) listening,
                 // which the retransmissions and their limit handle.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -13,12 +14,13 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// Sends of one command (the first and the retransmissions) before it counts as unanswered.
 pub const TRIES: u32 = 4;
 
-/// `udp:HOST:PORT`, `udp6:[HOST]:PORT` or a bare `HOST:PORT`, as Kamailio's `rtpproxy_sock`.
-pub fn parse_spec(spec: &str) -> Result<SocketAddr> {
+/// `udp:HOST:PORT`, `udp6:[HOST]:PORT`, `unix:/PATH` or a bare `HOST:PORT`, as Kamailio's `rtpproxy_sock`.
+pub fn parse_spec(spec: &str) -> Result<Control> {
     let (scheme, rest) = match spec.split_once(':') {
+        Some(("unix", path)) if !path.is_empty() => return Ok(Control::Unix(path.into())),
         Some((s @ ("udp" | "udp6"), rest)) => (s, rest),
         Some(("unix" | "cunix" | "tcp", _)) => {
-            bail!("--rtpproxy {spec:?}: only the UDP transports (udp:, udp6:) are supported")
+            bail!("--rtpproxy {spec:?}: supported are udp:, udp6: and unix:/PATH")
         }
         _ => ("", spec),
     };
@@ -31,7 +33,16 @@ pub fn parse_spec(spec: &str) -> Result<SocketAddr> {
     {
         bail!("--rtpproxy {spec:?}: address family or port does not fit");
     }
-    Ok(addr)
+    Ok(Control::Udp(addr))
+}
+
+/// Where the relay's control socket is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Datagram mode: `cookie command`, replies matched by cookie.
+    Udp(SocketAddr),
+    /// Stream mode as Kamailio uses `unix:`: one connection per command, no cookie.
+    Unix(PathBuf),
 }
 
 /// The relay address of a `U`/`L` reply: `PORT`, `PORT ADDR` or `PORT ADDR 6` (rtpengine
@@ -214,12 +225,21 @@ mod tests {
     fn specs() {
         assert_eq!(
             parse_spec("udp:127.0.0.1:7722").expect("udp"),
-            "127.0.0.1:7722".parse::<SocketAddr>().expect("addr")
+            Control::Udp("127.0.0.1:7722".parse().expect("addr"))
         );
-        assert!(parse_spec("udp6:[::1]:7722").expect("udp6").is_ipv6());
+        assert_eq!(
+            parse_spec("udp6:[::1]:7722").expect("udp6"),
+            Control::Udp("[::1]:7722".parse().expect("addr"))
+        );
         assert!(parse_spec("127.0.0.1:7722").is_ok());
+        assert_eq!(
+            parse_spec("unix:/run/rtpproxy.sock").expect("unix"),
+            Control::Unix("/run/rtpproxy.sock".into())
+        );
         for bad in [
-            "unix:/run/rtpproxy.sock",
+            "unix:",
+            "cunix:/run/rtpproxy.sock",
+            "tcp:127.0.0.1:7722",
             "udp:[::1]:7722",
             "udp6:127.0.0.1:1",
             "udp:1.2.3.4:0",
