@@ -204,22 +204,7 @@ const RTPPROXY_RCVBUF: usize = 4 << 20;
 fn rtpproxy_udp_socket(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    let size = libc::c_int::try_from(RTPPROXY_RCVBUF).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int; the descriptor is
-    // owned by `socket` for the whole call.
-    let forced = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } == 0;
-    if !forced {
-        // Not privileged: the kernel caps this at net.core.rmem_max.
-        socket.set_recv_buffer_size(RTPPROXY_RCVBUF)?;
-    }
+    rtprelay_dataplane::socket::set_rcvbuf(&socket, RTPPROXY_RCVBUF);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(socket.into())

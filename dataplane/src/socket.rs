@@ -176,8 +176,9 @@ fn set_int_option(
     Ok(())
 }
 
-/// A larger receive buffer absorbs bursts while the shard is busy; root may exceed rmem_max.
-fn set_rcvbuf(socket: &Socket, bytes: usize) {
+/// A larger receive buffer absorbs bursts while the reader is busy (a shard's media, the
+/// rtpproxy control socket); root may exceed rmem_max.
+pub fn set_rcvbuf(socket: &Socket, bytes: usize) {
     let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     if set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
         // Not privileged: the kernel caps this at net.core.rmem_max.

@@ -84,11 +84,14 @@ impl Created<'_> {
                 left: Some(r.left),
                 ..Removed::default()
             }),
-            Created::Rtpproxy(c) => c.remove().map(|r| Removed {
-                query: Some(r.totals),
-                left: Some(r.left),
-                ..Removed::default()
-            }),
+            Created::Rtpproxy(c) => {
+                let r = c.remove();
+                Ok(Removed {
+                    query: Some(r.totals),
+                    left: Some(r.left),
+                    ..Removed::default()
+                })
+            }
         };
         result.unwrap_or_else(|e| {
             eprintln!("rtp-blaster: warning: removing the sessions failed: {e:#}");

@@ -136,20 +136,12 @@ impl Rtpp {
             removed: false,
         };
         let deadline = Instant::now() + CREATE_TIMEOUT;
-        let offers: Vec<String> = calls
-            .ids
-            .iter()
-            .zip(pairs)
-            .map(|(id, (src, _))| offer(&self.mods, id, *src))
-            .collect();
-        let to_caller = self.media_replies("U", &calls.ids, &offers, deadline)?;
-        let answers: Vec<String> = calls
-            .ids
-            .iter()
-            .zip(pairs)
-            .map(|(id, (_, sink))| answer(&self.mods, id, *sink))
-            .collect();
-        let to_callee = self.media_replies("L", &calls.ids, &answers, deadline)?;
+        let to_caller = self.media_replies("U", &calls.ids, deadline, |i, id| {
+            offer(&self.mods, id, pairs[i].0)
+        })?;
+        let to_callee = self.media_replies("L", &calls.ids, deadline, |i, id| {
+            answer(&self.mods, id, pairs[i].1)
+        })?;
         let addrs = to_caller
             .into_iter()
             .zip(to_callee)
@@ -161,15 +153,21 @@ impl Rtpp {
         Ok((calls, addrs))
     }
 
-    /// Runs `U` or `L` commands and reads the relay address each reply names.
+    /// Runs `U` or `L` for every call (`command(index, call_id)` writes it) and reads the
+    /// relay address each reply names.
     fn media_replies(
         &self,
         what: &str,
         ids: &[String],
-        commands: &[String],
         deadline: Instant,
+        command: impl Fn(usize, &str) -> String,
     ) -> Result<Vec<SocketAddr>> {
-        let replies = self.run(commands, deadline, true);
+        let commands: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| command(i, id))
+            .collect();
+        let replies = self.run(&commands, deadline, true);
         if sys::stop_requested() {
             bail!("interrupted while creating sessions");
         }
@@ -304,8 +302,9 @@ impl Calls<'_> {
         &self.ids
     }
 
-    /// Queries and deletes every call of the trial, bounded by the cleanup timeout.
-    pub fn remove(&mut self) -> Result<Removal> {
+    /// Queries and deletes every call of the trial, bounded by the cleanup timeout. Never
+    /// fails as a whole: what could not be deleted is counted in [`Removal::left`].
+    pub fn remove(&mut self) -> Removal {
         self.removed = true;
         let rtpp = self.rtpp;
         let start = Instant::now();
@@ -344,7 +343,7 @@ impl Calls<'_> {
         if let Some(e) = first_error {
             eprintln!("rtp-blaster: {left} call deletion(s) failed, e.g. {e}");
         }
-        Ok(Removal { totals, left })
+        Removal { totals, left }
     }
 }
 
@@ -355,13 +354,9 @@ impl Drop for Calls<'_> {
             return;
         }
         eprintln!("rtp-blaster: deleting {} call(s)", self.ids.len());
-        match self.remove() {
-            Ok(r) if r.left == 0 => {}
-            Ok(r) => eprintln!(
-                "rtp-blaster: warning: {} call(s) may still be on the relay",
-                r.left
-            ),
-            Err(e) => eprintln!("rtp-blaster: warning: {e:#}"),
+        let left = self.remove().left;
+        if left > 0 {
+            eprintln!("rtp-blaster: warning: {left} call(s) may still be on the relay");
         }
     }
 }
