@@ -177,10 +177,14 @@ async fn copy_forks_both_directions_until_n() {
     assert_eq!(c.ask("d", &format!("D {} ftag ttag", call.id)), "0");
 }
 
-/// Reads a classic pcap file: (link type, records as (incl_len, orig_len, data)).
+/// Reads a classic pcap file: (link type, the records' data). The recorder's thread may still
+/// be writing while a test polls the file, so a header not yet complete reads as no records
+/// and a record cut short at the end is left for the next read; callers compare the count.
 fn read_pcap(path: &Path) -> (u32, Vec<Vec<u8>>) {
     let bytes = std::fs::read(path).unwrap();
-    assert!(bytes.len() >= 24, "pcap global header present");
+    if bytes.len() < 24 {
+        return (0, Vec::new());
+    }
     let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
     assert_eq!(
         u32_at(&bytes, 0),
@@ -191,12 +195,13 @@ fn read_pcap(path: &Path) -> (u32, Vec<Vec<u8>>) {
     let linktype = u32_at(&bytes, 20);
     let mut records = Vec::new();
     let mut at = 24;
-    while at < bytes.len() {
-        assert!(at + 16 <= bytes.len(), "truncated record header");
+    while at + 16 <= bytes.len() {
         let incl = u32_at(&bytes, at + 8) as usize;
         let orig = u32_at(&bytes, at + 12) as usize;
         assert_eq!(incl, orig, "RTP is never truncated");
-        assert!(at + 16 + incl <= bytes.len(), "truncated record");
+        if at + 16 + incl > bytes.len() {
+            break;
+        }
         records.push(bytes[at + 16..at + 16 + incl].to_vec());
         at += 16 + incl;
     }
