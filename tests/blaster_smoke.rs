@@ -1,9 +1,9 @@
 //! Smoke tests of the RTP blaster (`rtp-blaster`, in the benches crate) against the real relay:
 //! a few seconds of realistic two-way RTP through 20 sessions the blaster creates over gRPC, the
-//! same through 20 calls it sets up over the rtpproxy protocol (UDP and a unix socket), and a
-//! run interrupted with SIGINT. They guard both tools at once: the relay must forward every packet of a light load,
-//! and the blaster must report figures that make sense and remove its sessions afterwards,
-//! also when interrupted.
+//! same through 20 calls it sets up over the rtpproxy protocol (UDP and a unix socket), a run
+//! of two rates counted per phase, and a run interrupted with SIGINT. They guard both tools at
+//! once: the relay must forward every packet of a light load, and the blaster must report
+//! figures that make sense and remove its sessions afterwards, also when interrupted.
 
 mod common;
 
@@ -280,6 +280,71 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
         t.at("directions.reverse").num("sent"),
         "{ctx}"
     );
+    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
+    let listed = sessions_on(&mut client).await;
+    assert_eq!(listed.total, 0, "sessions left on the relay: {listed:?}");
+    drop(relay);
+}
+
+/// `--phases`: two rates back to back on the same sessions, each phase counted apart from the
+/// phase tag every packet carries. A light load, so each phase must arrive complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blaster_counts_each_phase_of_a_run_apart() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let blaster = build_blaster();
+    let (relay, mut client) = Relay::start(1, &[]).await;
+    let json = json_path("phases", relay.grpc.port());
+    let mut args = priority_args();
+    args.extend(
+        [
+            "--grpc",
+            &format!("http://{}", relay.grpc),
+            "--sessions",
+            &SESSIONS.to_string(),
+            "--direction",
+            "both",
+            "--phases",
+            "1000:1,3000:1",
+            "--run-id",
+            &run_id("phases"),
+        ]
+        .map(str::to_owned),
+    );
+    let run = finish_blaster(
+        spawn_blaster(&blaster, &args, &json),
+        &json,
+        Duration::from_secs(20),
+    )
+    .await;
+    let (t, ctx) = (run.doc.at("trials.0"), run.ctx());
+    assert!(
+        run.status.success(),
+        "rtp-blaster failed ({}):\n{ctx}",
+        run.status
+    );
+    let mut sent = 0.0;
+    for (k, rate) in [(0, 1000.0), (1, 3000.0)] {
+        let p = t.at(&format!("phases.{k}"));
+        assert_eq!(p.num("rate"), rate, "{ctx}");
+        // Each phase offered its own rate, and all of it arrived.
+        assert!(
+            (p.num("sent") - rate).abs() <= rate * 0.02,
+            "phase {k} sent {} of {rate}\n{ctx}",
+            p.num("sent")
+        );
+        assert_eq!(p.num("received"), p.num("sent"), "phase {k}\n{ctx}");
+        assert_eq!(p.num("silent_flows"), 0.0, "phase {k}\n{ctx}");
+        assert_eq!(
+            p.at("latency_us").num("count"),
+            p.num("sent"),
+            "phase {k}\n{ctx}"
+        );
+        sent += p.num("sent");
+    }
+    // The phases add up to the run.
+    assert_eq!(t.num("sent"), sent, "{ctx}");
+    assert_eq!(t.num("received"), sent, "{ctx}");
+    assert!(matches!(t.at("pass"), Json::Bool(true)), "{ctx}");
     assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
     let listed = sessions_on(&mut client).await;
     assert_eq!(listed.total, 0, "sessions left on the relay: {listed:?}");

@@ -4,7 +4,8 @@
 //! their own hot paths must be as lean as the thing they measure: no per-packet allocation,
 //! batched syscalls, and no async runtime in the data path. The raw Linux calls they share
 //! (epoll, `recvmmsg`/`sendmmsg` batches, socket buffers, signals, CPU pinning) live in [`sys`];
-//! the RTP test-packet format, sequence and jitter bookkeeping in [`rtp`]; the paced sender and
+//! the RTP test-packet format, sequence and jitter bookkeeping in [`rtp`]; when each packet is due
+//! (one rate or phases of rates) in [`schedule`]; the paced sender and
 //! the measuring sink used by both `loadgen` and `rtp-blaster` in [`sender`] and [`sink`]; the
 //! `SRC DST SINK` target files in [`targets`].
 
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod hold;
 pub mod rtp;
+pub mod schedule;
 pub mod sender;
 pub mod sink;
 pub mod sys;

@@ -14,6 +14,16 @@ pub const TIMESTAMP_STEP: u32 = 160;
 /// measurement so that a latching relay learns the client address. Sinks skip such packets, so
 /// a late or retried priming packet never counts as traffic (or as a duplicate).
 pub const PRIME_FLAG: u32 = 1 << 31;
+/// Bits 24-30 of the flow-index field carry the schedule phase the packet was sent in (see
+/// [`crate::schedule`]); the flow index proper is below them.
+pub const PHASE_SHIFT: u32 = 24;
+/// The flow index proper: flows number at most 2^24 (two per session).
+pub const FLOW_MASK: u32 = (1 << PHASE_SHIFT) - 1;
+
+/// The bits that mark a packet as sent in schedule phase `phase` (OR them into the flow index).
+pub fn phase_tag(phase: usize) -> u32 {
+    ((phase as u32) & 0x7f) << PHASE_SHIFT
+}
 
 /// Writes the header and the measurement fields into `buf` (at least `MIN_PACKET_LEN` bytes;
 /// the rest of the payload is left as is).
@@ -40,7 +50,12 @@ pub fn write_packet(
 pub struct Parsed {
     pub seq: u16,
     pub sent_ns: u64,
+    /// The flow index, without the phase and priming bits.
     pub flow: u32,
+    /// The schedule phase it was sent in.
+    pub phase: usize,
+    /// A priming packet (see [`PRIME_FLAG`]).
+    pub priming: bool,
 }
 
 /// Parses a test packet; `None` if it is too short or not RTP v2.
@@ -48,10 +63,13 @@ pub fn parse_packet(pkt: &[u8]) -> Option<Parsed> {
     if pkt.len() < MIN_PACKET_LEN || pkt[0] >> 6 != 2 {
         return None;
     }
+    let field = u32::from_be_bytes(pkt[20..24].try_into().ok()?);
     Some(Parsed {
         seq: u16::from_be_bytes([pkt[2], pkt[3]]),
         sent_ns: u64::from_be_bytes(pkt[12..20].try_into().ok()?),
-        flow: u32::from_be_bytes(pkt[20..24].try_into().ok()?),
+        flow: field & FLOW_MASK,
+        phase: ((field & !PRIME_FLAG) >> PHASE_SHIFT) as usize,
+        priming: field & PRIME_FLAG != 0,
     })
 }
 
@@ -196,9 +214,17 @@ mod tests {
             Parsed {
                 seq: 65535,
                 sent_ns: 123_456_789,
-                flow: 42
+                flow: 42,
+                phase: 0,
+                priming: false,
             }
         );
+        write_packet(&mut buf, 8, 1, 160, 1, 2, FLOW_MASK | phase_tag(15));
+        let p = parse_packet(&buf).expect("valid packet");
+        assert_eq!((p.flow, p.phase, p.priming), (FLOW_MASK, 15, false));
+        write_packet(&mut buf, 8, 1, 160, 1, 2, 7 | PRIME_FLAG);
+        let p = parse_packet(&buf).expect("valid packet");
+        assert_eq!((p.flow, p.phase, p.priming), (7, 0, true));
         assert!(parse_packet(&buf[..20]).is_none());
     }
 

@@ -1,12 +1,13 @@
 //! The paced sender shared by `loadgen` and `rtp-blaster`.
 //!
-//! Pacing works on the running total: packet `m` of the run is due at `m / rate` seconds and
-//! goes to stream `m mod n`, so every stream sends at `rate / n` and the streams are staggered
+//! Pacing works on the running total: packet `m` of the run is due when the [`Schedule`]
+//! reaches it (`m / rate` seconds at one rate) and goes to stream `m mod n`, so every stream sends at `rate / n` and the streams are staggered
 //! evenly across each period (with 50 pps per stream, every stream sends every 20 ms, and stream
 //! `k` sends `k / rate` seconds after stream 0). The thread wakes when the next packet is due,
 //! but at most every `TICK`: above 10k pps it releases whatever fell due in the last 100 us,
 //! one `sendmmsg` per stream. A late wake-up therefore catches up instead of silently lowering
-//! the offered rate, and the achieved rate is reported honestly.
+//! the offered rate, and the achieved rate is reported honestly. Every packet carries the index
+//! of the schedule phase it was released in, so the sink can count phases apart.
 
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use crate::schedule::Schedule;
 use crate::sys::{self, BATCH, MmsgBatch};
 use crate::{LiveCounters, MARK_SEND_END, MARK_SEND_START, rtp};
 
@@ -27,9 +29,8 @@ const MAX_BURST: u64 = 1024;
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
 pub struct Config {
-    /// Aggregate packets per second over all streams.
-    pub rate: f64,
-    pub duration: Duration,
+    /// Aggregate packets per second over all streams, over time.
+    pub schedule: Schedule,
     /// Datagram size, RTP header included.
     pub size: usize,
     pub core: Option<usize>,
@@ -100,10 +101,16 @@ impl TxStream {
 pub struct Sent {
     /// Packets accepted by the kernel, per stream (in the order of the `streams` argument).
     pub per_stream: Vec<u64>,
+    /// Packets accepted by the kernel per stream and schedule phase: `[stream * phases + k]`.
+    pub per_stream_phase: Vec<u64>,
     /// Packets not sent because the socket buffer was full.
     pub dropped: u64,
     /// Packets not sent because of another send error (e.g. ICMP port unreachable).
     pub errors: u64,
+    /// Packets of a phase the sender was still behind with when the next phase began: not
+    /// sent, so that each phase is offered at its own rate (the shortfall shows in the phase's
+    /// sent count and the achieved rate).
+    pub skipped: u64,
     /// From the first to the last packet.
     pub duration: Duration,
 }
@@ -114,25 +121,27 @@ impl Sent {
     }
 }
 
-/// Sends `cfg.rate` packets per second round-robin over `streams` for `cfg.duration`, or until
-/// a stop signal (see [`sys::stop_requested`]).
+/// Sends round-robin over `streams` at the rates of `cfg.schedule`, or until a stop signal (see
+/// [`sys::stop_requested`]).
 pub fn run(streams: &mut [TxStream], cfg: &Config, live: Option<&LiveCounters>) -> Result<Sent> {
     if let Some(core) = cfg.core {
         sys::pin_to_core(core)?;
     }
     sys::tight_timer_slack();
+    let schedule = &cfg.schedule;
+    let phases = schedule.phases().len();
     let mut out = Sent {
         per_stream: vec![0; streams.len()],
+        per_stream_phase: vec![0; streams.len() * phases],
         dropped: 0,
         errors: 0,
+        skipped: 0,
         duration: Duration::ZERO,
     };
     let n = streams.len() as u64;
-    if n == 0 || cfg.rate.is_nan() || cfg.rate <= 0.0 {
+    if n == 0 {
         return Ok(out);
     }
-    // Packets due before the end: the m-th is due at m / rate.
-    let total = (cfg.rate * cfg.duration.as_secs_f64()).ceil() as u64;
     let mut batch = MmsgBatch::new(cfg.size);
     let mut cursor: u64 = 0; // next stream in round-robin order
     let mut released: u64 = 0; // packets handed out so far (sent or not)
@@ -142,40 +151,53 @@ pub fn run(streams: &mut [TxStream], cfg: &Config, live: Option<&LiveCounters>) 
         eprintln!("{MARK_SEND_START}");
     }
     let start = Instant::now();
-    let end = start + cfg.duration;
+    let end = start + schedule.duration();
     let mut wake = start;
     loop {
         let now = Instant::now();
         if now >= end || sys::stop_requested() {
             break;
         }
-        let due_by_now = (cfg.rate * (now - start).as_secs_f64()) as u64 + 1;
-        let due = due_by_now
-            .min(total)
+        let floor = schedule.first_of_phase_at(now - start);
+        if released < floor {
+            out.skipped += floor - released;
+            released = floor;
+        }
+        let mut due = schedule
+            .due_by(now - start)
             .saturating_sub(released)
             .min(MAX_BURST);
-        // Stream `cursor + j` gets due/n packets, plus one for the first due%n of them.
-        for j in 0..due.min(n) {
-            let idx = ((cursor + j) % n) as usize;
-            let count = due / n + u64::from(j < due % n);
-            sent_total += send_stream(
-                &mut streams[idx],
-                idx,
-                count,
-                cfg.size,
-                &mut batch,
-                &mut out,
-            );
+        while due > 0 {
+            // Packets of one phase at a time, so each carries the phase it is due in.
+            let phase = schedule.phase_of(released);
+            let chunk = due.min(schedule.phase_end(phase) - released);
+            // Stream `cursor + j` gets chunk/n packets, plus one for the first chunk%n of them.
+            for j in 0..chunk.min(n) {
+                let idx = ((cursor + j) % n) as usize;
+                let count = chunk / n + u64::from(j < chunk % n);
+                let accepted = send_stream(
+                    &mut streams[idx],
+                    count,
+                    phase,
+                    cfg.size,
+                    &mut batch,
+                    &mut out,
+                );
+                out.per_stream[idx] += accepted;
+                out.per_stream_phase[idx * phases + phase] += accepted;
+                sent_total += accepted;
+            }
+            cursor = (cursor + chunk) % n;
+            released += chunk;
+            due -= chunk;
         }
-        cursor = (cursor + due) % n;
-        released += due;
         if let Some(live) = live {
             live.sent.store(sent_total, Ordering::Relaxed);
         }
 
         // Next wake-up: when the next packet is due, but no sooner than one tick after the
         // previous wake-up (so bursts are released every TICK at high rates).
-        let next_due = start + Duration::from_secs_f64(released as f64 / cfg.rate);
+        let next_due = start + schedule.time_of(released);
         wake = (wake + TICK).max(next_due).min(end);
         let now = Instant::now();
         if wake > now {
@@ -195,12 +217,12 @@ pub fn run(streams: &mut [TxStream], cfg: &Config, live: Option<&LiveCounters>) 
     Ok(out)
 }
 
-/// Sends `count` packets on one stream in `sendmmsg` batches, stamping them just before the
-/// call. Returns how many the kernel accepted.
+/// Sends `count` packets of schedule phase `phase` on one stream in `sendmmsg` batches,
+/// stamping them just before the call. Returns how many the kernel accepted.
 fn send_stream(
     stream: &mut TxStream,
-    idx: usize,
     count: u64,
+    phase: usize,
     size: usize,
     batch: &mut MmsgBatch,
     out: &mut Sent,
@@ -211,7 +233,7 @@ fn send_stream(
         let chunk = left.min(BATCH);
         let now_ns = sys::monotonic_ns();
         for k in 0..chunk {
-            stream.write_next(batch.fill(k, size), now_ns, 0);
+            stream.write_next(batch.fill(k, size), now_ns, rtp::phase_tag(phase));
         }
         let mut done = 0;
         while done < chunk {
@@ -236,6 +258,5 @@ fn send_stream(
         }
         left -= chunk;
     }
-    out.per_stream[idx] += accepted;
     accepted
 }

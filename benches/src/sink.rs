@@ -6,7 +6,9 @@
 //! latency goes into one histogram per group (e.g. per direction). The flow is identified by the
 //! socket a packet arrived on; the flow index inside the payload is only cross-checked, so a
 //! relay that mixes up sessions shows up as `misrouted` instead of as silently "correct"
-//! traffic.
+//! traffic. Packets also carry the schedule phase they were sent in; each phase gets its own
+//! per-flow counts and latency histogram, so a run of overload and recovery is measured per
+//! phase.
 
 use std::io::ErrorKind;
 use std::os::fd::RawFd;
@@ -47,6 +49,11 @@ pub struct Received {
     pub flows: Vec<FlowRx>,
     /// One-way latency in nanoseconds, one histogram per group.
     pub latency_ns: Vec<Histogram<u64>>,
+    /// Unique packets per flow and schedule phase: `[flow_index * phases + phase]`, where
+    /// `flow_index` is the position of the flow's socket.
+    pub per_flow_phase: Vec<u64>,
+    /// One-way latency per schedule phase (all groups), nanoseconds.
+    pub phase_latency_ns: Vec<Histogram<u64>>,
     /// Packets whose payload names another flow than the socket they arrived on.
     pub misrouted: u64,
     /// Packets that are not our RTP test packets.
@@ -74,10 +81,11 @@ pub fn latency_histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).context("histogram")
 }
 
-/// Receives until `stop` is set. `groups` must be at least 1.
+/// Receives until `stop` is set. `groups` and `phases` are at least 1 (less counts as 1).
 pub fn run(
     socks: &[RxSocket],
     groups: usize,
+    phases: usize,
     size: usize,
     core: Option<usize>,
     stop: &AtomicBool,
@@ -93,6 +101,10 @@ pub fn run(
     let mut rx = Received {
         flows: vec![FlowRx::default(); socks.len()],
         latency_ns: (0..groups.max(1))
+            .map(|_| latency_histogram())
+            .collect::<Result<_>>()?,
+        per_flow_phase: vec![0; socks.len() * phases.max(1)],
+        phase_latency_ns: (0..phases.max(1))
             .map(|_| latency_histogram())
             .collect::<Result<_>>()?,
         misrouted: 0,
@@ -158,7 +170,7 @@ fn account(
         rx.invalid += 1;
         return;
     };
-    if p.flow & rtp::PRIME_FLAG != 0 {
+    if p.priming {
         rx.priming += 1;
         return;
     }
@@ -187,8 +199,13 @@ fn account(
     }
     *received += 1;
     flow.jitter.observe(p.sent_ns, now_ns);
+    let phases = rx.phase_latency_ns.len();
+    let phase = p.phase.min(phases - 1);
+    rx.per_flow_phase[idx * phases + phase] += 1;
     if let Some(lat) = now_ns.checked_sub(p.sent_ns) {
+        let lat = lat.clamp(1, MAX_LATENCY_NS);
         let group = sock.group.min(rx.latency_ns.len() - 1);
-        rx.latency_ns[group].saturating_record(lat.clamp(1, MAX_LATENCY_NS));
+        rx.latency_ns[group].saturating_record(lat);
+        rx.phase_latency_ns[phase].saturating_record(lat);
     }
 }

@@ -59,8 +59,9 @@ pub fn parse(text: &str) -> Result<Vec<Target>> {
     if targets.is_empty() {
         bail!("no flows listed");
     }
-    // Flow indices travel in 31 bits of the payload (the top bit marks priming packets).
-    if targets.len() >= (crate::rtp::PRIME_FLAG / 2) as usize {
+    // Flow indices travel in 24 bits of the payload (above them the schedule phase and the
+    // priming mark), two flows per target.
+    if targets.len() >= (crate::rtp::FLOW_MASK / 2) as usize {
         bail!("too many flows");
     }
     Ok(targets)

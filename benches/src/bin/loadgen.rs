@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use rtprelay_benches::schedule::Schedule;
 use rtprelay_benches::sender::{self, TxStream};
 use rtprelay_benches::sink::{self, RxSocket};
 use rtprelay_benches::{rtp, sys, targets};
@@ -92,8 +93,7 @@ fn main() -> Result<()> {
 
     let stop_sink = AtomicBool::new(false);
     let cfg = sender::Config {
-        rate: args.rate as f64,
-        duration: Duration::from_secs_f64(args.seconds),
+        schedule: Schedule::constant(args.rate as f64, Duration::from_secs_f64(args.seconds))?,
         size: args.size,
         core: args.core,
         markers: true,
@@ -103,7 +103,7 @@ fn main() -> Result<()> {
         let sink_thread = std::thread::Builder::new()
             .name("loadgen-sink".into())
             .spawn_scoped(s, || {
-                sink::run(&rx_socks, 1, args.size, args.recv_core, &stop_sink, None)
+                sink::run(&rx_socks, 1, 1, args.size, args.recv_core, &stop_sink, None)
             })
             .context("spawn sink thread")?;
         let sender_thread = std::thread::Builder::new()

@@ -11,7 +11,8 @@
 //! forward only or in both directions. The receiving side measures loss, reordering,
 //! duplicates, one-way latency (send stamp in the payload, one CLOCK_MONOTONIC on one host) and
 //! RFC 3550 jitter per flow. `--ramp` bisects for the highest aggregate rate that still passes
-//! the loss/latency criteria.
+//! the loss/latency criteria; `--phases` runs several aggregate rates back to back on the same
+//! sessions and reports each phase apart (e.g. overload, then recovery).
 //!
 //! The data path (one sender thread, one receiver thread) never allocates or awaits; gRPC runs
 //! only between trials, on a small current-thread runtime; rtpproxy commands likewise.
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use rtprelay_benches::schedule::Schedule;
 use rtprelay_benches::{rtp, sys, targets};
 use serde_json::{Value, json};
 
@@ -59,7 +61,9 @@ const MAX_RATE: f64 = 50_000_000.0;
       --direction both --seconds 30\n  \
       rtp-blaster --targets flows.txt --rate 20000 --seconds 30 --json out.json\n  \
       rtp-blaster --grpc 127.0.0.1:50051 --sessions 500 --ramp --ramp-min 10000 \
-      --ramp-max 400000 --seconds 5"
+      --ramp-max 400000 --seconds 5\n  \
+      rtp-blaster --grpc 127.0.0.1:50051 --sessions 500 --direction both \
+      --phases 50000:3,250000:3,50000:5"
 )]
 struct Args {
     /// rtprelay's gRPC API (`http://HOST:PORT`): create `--sessions` sessions there.
@@ -95,8 +99,13 @@ struct Args {
     #[arg(long, conflicts_with = "ramp")]
     rate: Option<f64>,
     /// Sending time of the run (of each trial with `--ramp`), at most 3600.
-    #[arg(long)]
-    seconds: f64,
+    #[arg(long, required_unless_present = "phases", conflicts_with = "phases")]
+    seconds: Option<f64>,
+    /// Aggregate rates run back to back on the same sessions, `PPS:SECONDS[,PPS:SECONDS...]`
+    /// (at most 16), each phase measured apart: e.g. half the relay's capacity, then twice it,
+    /// then half again shows how it degrades under overload and whether it recovers.
+    #[arg(long, conflicts_with_all = ["rate", "pps_per_session", "ramp"])]
+    phases: Option<String>,
     /// Datagram size in bytes, RTP header included (172 = 20 ms of PCMU).
     #[arg(long, default_value_t = 172)]
     size: usize,
@@ -201,7 +210,9 @@ enum Direction {
 
 impl Args {
     fn validate(&self) -> Result<()> {
-        if !(self.seconds > 0.0 && self.seconds <= MAX_SECONDS) {
+        if let Some(seconds) = self.seconds
+            && !(seconds > 0.0 && seconds <= MAX_SECONDS)
+        {
             bail!("--seconds must be in (0, {MAX_SECONDS}]");
         }
         if self.size < rtp::MIN_PACKET_LEN || self.size > 65507 {
@@ -242,10 +253,18 @@ impl Args {
             {
                 bail!("--ramp-precision-pct must be positive and --ramp-max-trials at least 2");
             }
+        } else if let Some(spec) = &self.phases {
+            let schedule = Schedule::parse(spec).context("--phases")?;
+            if schedule.phases().iter().any(|p| !rate_ok(p.rate)) {
+                bail!("every --phases rate must be in (0, {MAX_RATE}]");
+            }
+            if schedule.duration().as_secs_f64() > MAX_SECONDS {
+                bail!("the --phases together must be at most {MAX_SECONDS} s");
+            }
         } else {
             match (self.pps_per_session, self.rate) {
                 (Some(r), None) | (None, Some(r)) if rate_ok(r) => {}
-                (None, None) => bail!("give --pps-per-session, --rate or --ramp"),
+                (None, None) => bail!("give --pps-per-session, --rate, --phases or --ramp"),
                 _ => bail!("the rate must be in (0, {MAX_RATE}]"),
             }
         }
@@ -384,13 +403,17 @@ fn single(
     doc: &mut Value,
     curves: &mut Vec<(String, Histogram<u64>)>,
 ) -> Result<()> {
-    let load = match (args.pps_per_session, args.rate) {
-        (Some(pps), _) => Load::PerFlow(pps),
-        (None, Some(rate)) => Load::Aggregate(rate),
-        (None, None) => bail!("no rate given"),
+    let seconds = args.seconds.unwrap_or(0.0);
+    let load = match (args.pps_per_session, args.rate, &args.phases) {
+        (Some(pps), _, _) => Load::PerFlow(pps, seconds),
+        (None, Some(rate), _) => {
+            Load::Aggregate(Schedule::constant(rate, Duration::from_secs_f64(seconds))?)
+        }
+        (None, None, Some(spec)) => Load::Aggregate(Schedule::parse(spec)?),
+        (None, None, None) => bail!("no rate given"),
     };
     doc["trials"] = json!([]);
-    let o = trial::run(settings, &format!("{run_id}-t1"), load, args.seconds, "")?;
+    let o = trial::run(settings, &format!("{run_id}-t1"), &load, "")?;
     let s = Summary::new(&o, criteria);
     eprintln!("\nrtp-blaster: {}", describe(settings));
     eprint!("{}", s.human(&o));
@@ -417,6 +440,7 @@ fn ramp(
     curves: &mut Vec<(String, Histogram<u64>)>,
 ) -> Result<()> {
     doc["trials"] = json!([]);
+    let seconds = args.seconds.unwrap_or(0.0);
     let mut pass_hi: Option<f64> = None; // highest rate that passed
     let mut fail_lo: Option<f64> = None; // lowest rate that failed
     let mut table = Vec::new();
@@ -437,11 +461,11 @@ fn ramp(
             break;
         }
         let label = format!("[trial {k} @ {rate:.0} pps] ");
+        let schedule = Schedule::constant(rate, Duration::from_secs_f64(seconds))?;
         let o = match trial::run(
             settings,
             &format!("{run_id}-t{k}"),
-            Load::Aggregate(rate),
-            args.seconds,
+            &Load::Aggregate(schedule),
             &label,
         ) {
             Ok(o) => o,
@@ -552,6 +576,7 @@ fn config_json(a: &Args) -> Value {
         "targets": a.targets.as_ref().map(|p| p.display().to_string()),
         "direction": format!("{:?}", a.direction).to_lowercase(),
         "pps_per_session": a.pps_per_session, "rate": a.rate, "seconds": a.seconds,
+        "phases": a.phases,
         "size": a.size, "payload_type": a.payload_type, "clock_rate": a.clock_rate,
         "ramp": a.ramp.then(|| json!({
             "min": a.ramp_min, "max": a.ramp_max, "precision_pct": a.ramp_precision_pct,

@@ -140,12 +140,81 @@ impl Counts {
     }
 }
 
+/// One phase of a `--phases` run: what was offered, what arrived, how late.
+#[derive(Debug, Clone)]
+pub struct PhaseSummary {
+    pub rate: f64,
+    pub seconds: f64,
+    pub sent: u64,
+    pub received: u64,
+    /// Flows that sent in this phase but of which nothing sent in it arrived.
+    pub silent: usize,
+    pub latency: Option<Latency>,
+}
+
+impl PhaseSummary {
+    /// Per phase; empty for a run at one rate.
+    fn all(o: &Outcome) -> Vec<Self> {
+        let n = o.phases.len();
+        if n < 2 {
+            return Vec::new();
+        }
+        (0..n)
+            .map(|k| {
+                let mut p = Self {
+                    rate: o.phases[k].rate,
+                    seconds: o.phases[k].duration.as_secs_f64(),
+                    sent: 0,
+                    received: 0,
+                    silent: 0,
+                    latency: o.rx.phase_latency_ns.get(k).and_then(Latency::of),
+                };
+                for flow in 0..o.flows {
+                    let sent = o.sent_per_phase.get(flow * n + k).copied().unwrap_or(0);
+                    let got = o.rx.per_flow_phase.get(flow * n + k).copied().unwrap_or(0);
+                    p.sent += sent;
+                    p.received += got;
+                    p.silent += usize::from(sent > 0 && got == 0);
+                }
+                p
+            })
+            .collect()
+    }
+
+    fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+
+    fn loss_pct(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            100.0 * self.lost() as f64 / self.sent as f64
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "rate": round3(self.rate),
+            "seconds": round3(self.seconds),
+            "sent": self.sent,
+            "received": self.received,
+            "lost": self.lost(),
+            "loss_pct": self.loss_pct(),
+            "silent_flows": self.silent,
+            "latency_us": self.latency.map_or(Value::Null, Latency::to_json),
+        })
+    }
+}
+
 /// A trial, summarised.
 pub struct Summary {
     pub total: Counts,
     /// Forward, and reverse when both directions ran.
     pub directions: Vec<(&'static str, Counts, Option<Latency>)>,
     pub latency: Option<Latency>,
+    /// Per phase of a `--phases` run (empty otherwise).
+    pub phases: Vec<PhaseSummary>,
     pub achieved_send_pps: f64,
     pub received_pps: f64,
     /// Why the trial fails the criteria; empty = pass.
@@ -184,6 +253,7 @@ impl Summary {
             total,
             directions,
             latency,
+            phases: PhaseSummary::all(o),
             achieved_send_pps,
             received_pps,
             failures: Vec::new(),
@@ -275,6 +345,7 @@ impl Summary {
             "receive_errors": o.rx.errors,
             "send_dropped": o.send_dropped,
             "send_errors": o.send_errors,
+            "send_skipped": o.send_skipped,
             "latency_us": self.latency.map_or(Value::Null, Latency::to_json),
             "jitter_us": {
                 "median": round3(self.total.jitter_median_us),
@@ -288,6 +359,11 @@ impl Summary {
             }).collect::<serde_json::Map<_, _>>(),
             "pass": self.pass(),
             "failures": self.failures,
+            "phases": if self.phases.is_empty() {
+                Value::Null
+            } else {
+                self.phases.iter().map(PhaseSummary::to_json).collect()
+            },
             "worst_flows": worst_flows(o, WORST_FLOWS),
             "relay_counters": o.relay.as_ref().map_or(Value::Null, |r| r.to_json()),
             "relay_query": o.relay_query.map_or(Value::Null, |q| q.to_json()),
@@ -353,12 +429,28 @@ impl Summary {
                 );
             }
         }
+        for (k, p) in self.phases.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  phase {} {:.0} pps for {:.1} s: lost {} of {} ({:.4}%), silent flows {}, \
+                 latency {}",
+                k + 1,
+                p.rate,
+                p.seconds,
+                p.lost(),
+                p.sent,
+                p.loss_pct(),
+                p.silent,
+                p.latency.map_or("-".into(), Latency::human)
+            );
+        }
         let extra: Vec<String> = [
             ("unprimed sessions", o.unprimed.len() as u64),
             ("misrouted", o.rx.misrouted),
             ("invalid", o.rx.invalid),
             ("send errors", o.send_errors),
             ("send drops", o.send_dropped),
+            ("skipped behind schedule", o.send_skipped),
             ("receive errors", o.rx.errors),
         ]
         .iter()

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use rtprelay_benches::schedule::{Phase, Schedule};
 use rtprelay_benches::sender::{self, TxStream};
 use rtprelay_benches::sink::{self, RxSocket};
 use rtprelay_benches::targets::Target;
@@ -28,12 +29,12 @@ const PRIME_RETRY: Duration = Duration::from_millis(200);
 const PRIME_PER_ROUND: usize = 256;
 
 /// How the offered load is specified.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Load {
-    /// Packets per second of every flow (each direction of each session).
-    PerFlow(f64),
-    /// Packets per second over all flows together.
-    Aggregate(f64),
+    /// Packets per second of every flow (each direction of each session), for seconds.
+    PerFlow(f64, f64),
+    /// Packets per second over all flows together, one rate or phases of rates.
+    Aggregate(Schedule),
 }
 
 /// Where the sessions come from.
@@ -127,14 +128,21 @@ pub struct Outcome {
     pub flows: usize,
     /// Aggregate rate the sender was asked for.
     pub offered_pps: f64,
-    /// Rate of each sending flow.
+    /// Rate of each sending flow (in the first phase).
     pub per_flow_pps: f64,
     pub seconds: f64,
+    /// The schedule's phases (one for a single rate).
+    pub phases: Vec<Phase>,
+    /// Packets the kernel accepted per flow and phase: `[flow * phases.len() + k]`.
+    pub sent_per_phase: Vec<u64>,
     pub interrupted: bool,
     /// Packets the kernel accepted per flow (0 for flows that did not send).
     pub sent: Vec<u64>,
     pub send_dropped: u64,
     pub send_errors: u64,
+    /// Packets of a phase skipped because the sender was still behind with it when the next
+    /// phase began.
+    pub send_skipped: u64,
     pub send_duration: Duration,
     /// Per flow, index = flow number.
     pub rx: sink::Received,
@@ -163,13 +171,7 @@ struct Flow {
     reverse: Option<SocketAddr>,
 }
 
-pub fn run(
-    settings: &Settings,
-    prefix: &str,
-    load: Load,
-    seconds: f64,
-    label: &str,
-) -> Result<Outcome> {
+pub fn run(settings: &Settings, prefix: &str, load: &Load, label: &str) -> Result<Outcome> {
     let (flows, mut sessions) = open(settings, prefix)?;
     let n = flows.len();
     let both = settings.both;
@@ -229,12 +231,20 @@ pub fn run(
     }
 
     let flow_count = if both { 2 * n } else { n };
-    let rate = match load {
-        Load::PerFlow(pps) => pps * streams.len() as f64,
-        Load::Aggregate(pps) => pps,
+    let schedule = match load {
+        Load::PerFlow(pps, seconds) => Schedule::constant(
+            pps * streams.len() as f64,
+            Duration::from_secs_f64(*seconds),
+        )?,
+        Load::Aggregate(schedule) => schedule.clone(),
     };
-    let per_flow_pps = rate / streams.len().max(1) as f64;
-    // ptime x clock: the RTP timestamp advances by one packet interval per packet.
+    let seconds = schedule.duration().as_secs_f64();
+    // The mean over the phases (the one rate without phases).
+    let rate = schedule.total() as f64 / seconds;
+    let phases = schedule.phases().to_vec();
+    let per_flow_pps = phases[0].rate / streams.len().max(1) as f64;
+    // ptime x clock: the RTP timestamp advances by one packet interval per packet (of the
+    // first phase: a phase at another rate is a change of pace, not of the media's clock).
     let ts_step = f64::from(settings.clock_rate) / per_flow_pps;
     for s in &mut streams {
         s.ts_step = ts_step;
@@ -257,8 +267,7 @@ pub fn run(
     }
 
     let cfg = sender::Config {
-        rate,
-        duration: Duration::from_secs_f64(seconds),
+        schedule,
         size: settings.size,
         core: settings.core,
         markers: settings.markers,
@@ -276,6 +285,7 @@ pub fn run(
                 sink::run(
                     &rx_socks,
                     groups,
+                    phases.len(),
                     settings.size,
                     settings.recv_core,
                     &stop_rx,
@@ -307,9 +317,16 @@ pub fn run(
     let interrupted = sys::stop_requested();
 
     let mut per_flow = vec![0u64; flow_count];
-    for (stream, &count) in streams.iter().zip(&sent.per_stream) {
-        if let Some(slot) = per_flow.get_mut(stream.id as usize) {
+    let mut sent_per_phase = vec![0u64; flow_count * phases.len()];
+    for (i, (stream, &count)) in streams.iter().zip(&sent.per_stream).enumerate() {
+        let flow = stream.id as usize;
+        if let Some(slot) = per_flow.get_mut(flow) {
             *slot = count;
+        }
+        for k in 0..phases.len() {
+            if let Some(slot) = sent_per_phase.get_mut(flow * phases.len() + k) {
+                *slot = sent.per_stream_phase[i * phases.len() + k];
+            }
         }
     }
     let session_ids = sessions.as_ref().map(Created::ids).unwrap_or_default();
@@ -330,10 +347,13 @@ pub fn run(
         offered_pps: rate,
         per_flow_pps,
         seconds,
+        phases,
+        sent_per_phase,
         interrupted,
         sent: per_flow,
         send_dropped: sent.dropped,
         send_errors: sent.errors,
+        send_skipped: sent.skipped,
         send_duration: sent.duration,
         rx,
         unprimed,
@@ -500,8 +520,8 @@ fn prime(
                 continue;
             }
             while let Ok((len, from)) = f.sink.recv_from(&mut buf) {
-                let ok = rtp::parse_packet(&buf[..len])
-                    .is_some_and(|p| p.flow == i as u32 | rtp::PRIME_FLAG);
+                let ok =
+                    rtp::parse_packet(&buf[..len]).is_some_and(|p| p.priming && p.flow == i as u32);
                 if ok && seen[i].is_none() {
                     seen[i] = Some(from);
                     waiting -= 1;
