@@ -1,8 +1,8 @@
 //! The paced sender shared by `loadgen` and `rtp-blaster`.
 //!
 //! Pacing works on the running total: packet `m` of the run is due when the [`Schedule`]
-//! reaches it (`m / rate` seconds at one rate) and goes to stream `m mod n`, so every stream sends at `rate / n` and the streams are staggered
-//! evenly across each period (with 50 pps per stream, every stream sends every 20 ms, and stream
+//! reaches it (`m / rate` seconds at one rate) and goes to stream `m mod n`, so every stream
+//! sends at `rate / n` and the streams are staggered evenly across each period (with 50 pps per stream, every stream sends every 20 ms, and stream
 //! `k` sends `k / rate` seconds after stream 0). The thread wakes when the next packet is due,
 //! but at most every `TICK`: above 10k pps it releases whatever fell due in the last 100 us,
 //! one `sendmmsg` per stream. A late wake-up therefore catches up instead of silently lowering
@@ -27,6 +27,9 @@ pub const TICK: Duration = Duration::from_micros(100);
 const MAX_BURST: u64 = 1024;
 /// Longest single sleep, so a stop request is honoured promptly even at a few packets/s.
 const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Packets of a phase that ended longer ago than this and are still unsent are skipped (see
+/// [`Sent::skipped`]); within it, an on-time sender just releases the last tick of the phase.
+const PHASE_GRACE: Duration = Duration::from_millis(10);
 
 pub struct Config {
     /// Aggregate packets per second over all streams, over time.
@@ -158,7 +161,7 @@ pub fn run(streams: &mut [TxStream], cfg: &Config, live: Option<&LiveCounters>) 
         if now >= end || sys::stop_requested() {
             break;
         }
-        let floor = schedule.first_of_phase_at(now - start);
+        let floor = schedule.first_of_phase_at((now - start).saturating_sub(PHASE_GRACE));
         if released < floor {
             out.skipped += floor - released;
             released = floor;
