@@ -50,9 +50,9 @@ pub struct Received {
     /// One-way latency in nanoseconds, one histogram per group.
     pub latency_ns: Vec<Histogram<u64>>,
     /// Unique packets per flow and schedule phase: `[flow_index * phases + phase]`, where
-    /// `flow_index` is the position of the flow's socket.
+    /// `flow_index` is the position of the flow's socket (counted only with 2 or more phases).
     pub per_flow_phase: Vec<u64>,
-    /// One-way latency per schedule phase (all groups), nanoseconds.
+    /// One-way latency per schedule phase (all groups), nanoseconds (only with 2 or more).
     pub phase_latency_ns: Vec<Histogram<u64>>,
     /// Packets whose payload names another flow than the socket they arrived on.
     pub misrouted: u64,
@@ -199,13 +199,19 @@ fn account(
     }
     *received += 1;
     flow.jitter.observe(p.sent_ns, now_ns);
+    // Per-phase figures only for a run of several phases: one phase is the run itself, and
+    // the receiver must not spend its time per packet on a copy of it.
     let phases = rx.phase_latency_ns.len();
     let phase = p.phase.min(phases - 1);
-    rx.per_flow_phase[idx * phases + phase] += 1;
+    if phases > 1 {
+        rx.per_flow_phase[idx * phases + phase] += 1;
+    }
     if let Some(lat) = now_ns.checked_sub(p.sent_ns) {
         let lat = lat.clamp(1, MAX_LATENCY_NS);
         let group = sock.group.min(rx.latency_ns.len() - 1);
         rx.latency_ns[group].saturating_record(lat);
-        rx.phase_latency_ns[phase].saturating_record(lat);
+        if phases > 1 {
+            rx.phase_latency_ns[phase].saturating_record(lat);
+        }
     }
 }
