@@ -180,7 +180,7 @@ async fn a_stalled_relay_sheds_stale_media_and_recovers_every_stream() {
             let session = (n % SESSIONS as u64) as usize;
             let sent_at = epoch.elapsed();
             sources[session]
-                .send(&packet(session, n as u16, sent_at))
+                .send(&packet(session, (n / SESSIONS as u64) as u16, sent_at))
                 .expect("send");
             sent.entry(session).or_default().push(sent_at);
             n += 1;
