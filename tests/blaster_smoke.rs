@@ -243,6 +243,13 @@ fn priority_args() -> Vec<String> {
     }
 }
 
+/// The blaster reported no session of its run left, and the relay lists none.
+async fn assert_all_removed(t: &Json, ctx: &str, client: &mut RelayClient<Channel>) {
+    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
+    let listed = sessions_on(client).await;
+    assert_eq!(listed.total, 0, "sessions left on the relay: {listed:?}");
+}
+
 async fn sessions_on(client: &mut RelayClient<Channel>) -> v1::ListSessionsResponse {
     client
         .list_sessions(v1::ListSessionsRequest::default())
@@ -280,9 +287,7 @@ async fn blaster_reports_clean_two_way_run_and_removes_its_sessions() {
         t.at("directions.reverse").num("sent"),
         "{ctx}"
     );
-    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
-    let listed = sessions_on(&mut client).await;
-    assert_eq!(listed.total, 0, "sessions left on the relay: {listed:?}");
+    assert_all_removed(t, &ctx, &mut client).await;
     drop(relay);
 }
 
@@ -345,9 +350,7 @@ async fn blaster_counts_each_phase_of_a_run_apart() {
     assert_eq!(t.num("sent"), sent, "{ctx}");
     assert_eq!(t.num("received"), sent, "{ctx}");
     assert!(matches!(t.at("pass"), Json::Bool(true)), "{ctx}");
-    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
-    let listed = sessions_on(&mut client).await;
-    assert_eq!(listed.total, 0, "sessions left on the relay: {listed:?}");
+    assert_all_removed(t, &ctx, &mut client).await;
     drop(relay);
 }
 
@@ -384,9 +387,7 @@ async fn blaster_sets_up_calls_over_rtpproxy_and_deletes_them() {
         q.num("packets_relayed") >= t.num("received") + SESSIONS as f64,
         "{ctx}"
     );
-    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
-    let listed = sessions_on(&mut client).await;
-    assert_eq!(listed.total, 0, "calls left on the relay: {listed:?}");
+    assert_all_removed(t, &ctx, &mut client).await;
     drop(relay);
 }
 
@@ -404,9 +405,7 @@ async fn blaster_sets_up_calls_over_a_unix_control_socket() {
     let run = clean_light_run(&blaster, &args, &json).await;
     let (t, ctx) = (run.doc.at("trials.0"), run.ctx());
     assert_eq!(t.at("relay_query").num("calls"), SESSIONS as f64, "{ctx}");
-    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
-    let listed = sessions_on(&mut client).await;
-    assert_eq!(listed.total, 0, "calls left on the relay: {listed:?}");
+    assert_all_removed(t, &ctx, &mut client).await;
     drop(relay);
     let _ = std::fs::remove_file(&path);
 }
@@ -447,9 +446,7 @@ async fn interrupted_blaster_reports_and_deletes_its_calls() {
     assert!(matches!(t.at("interrupted"), Json::Bool(true)), "{ctx}");
     assert!(t.num("send_seconds") < 60.0, "{ctx}");
     assert!(t.num("received") > 0.0, "{ctx}");
-    assert_eq!(t.num("sessions_left"), 0.0, "{ctx}");
-    let listed = sessions_on(&mut client).await;
-    assert_eq!(listed.total, 0, "calls left on the relay: {listed:?}");
+    assert_all_removed(t, &ctx, &mut client).await;
     drop(relay);
 }
 

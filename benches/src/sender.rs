@@ -102,10 +102,11 @@ impl TxStream {
 
 /// What the sender managed to hand to the kernel.
 pub struct Sent {
-    /// Packets accepted by the kernel, per stream (in the order of the `streams` argument).
-    pub per_stream: Vec<u64>,
-    /// Packets accepted by the kernel per stream and schedule phase: `[stream * phases + k]`.
+    /// Packets accepted by the kernel per stream (in the order of the `streams` argument) and
+    /// schedule phase: `[stream * phases + k]`.
     pub per_stream_phase: Vec<u64>,
+    /// Phases of the schedule.
+    pub phases: usize,
     /// Packets not sent because the socket buffer was full.
     pub dropped: u64,
     /// Packets not sent because of another send error (e.g. ICMP port unreachable).
@@ -119,8 +120,16 @@ pub struct Sent {
 }
 
 impl Sent {
+    /// Packets accepted by the kernel per stream, all phases together.
+    pub fn per_stream(&self) -> Vec<u64> {
+        self.per_stream_phase
+            .chunks(self.phases.max(1))
+            .map(|c| c.iter().sum())
+            .collect()
+    }
+
     pub fn total(&self) -> u64 {
-        self.per_stream.iter().sum()
+        self.per_stream_phase.iter().sum()
     }
 }
 
@@ -134,8 +143,8 @@ pub fn run(streams: &mut [TxStream], cfg: &Config, live: Option<&LiveCounters>) 
     let schedule = &cfg.schedule;
     let phases = schedule.phases().len();
     let mut out = Sent {
-        per_stream: vec![0; streams.len()],
         per_stream_phase: vec![0; streams.len() * phases],
+        phases,
         dropped: 0,
         errors: 0,
         skipped: 0,
@@ -186,7 +195,6 @@ pub fn run(streams: &mut [TxStream], cfg: &Config, live: Option<&LiveCounters>) 
                     &mut batch,
                     &mut out,
                 );
-                out.per_stream[idx] += accepted;
                 out.per_stream_phase[idx * phases + phase] += accepted;
                 sent_total += accepted;
             }

@@ -133,9 +133,9 @@ fn main() -> Result<()> {
 
 fn report(sent: &sender::Sent, rx: &sink::Received) -> serde_json::Value {
     let total_sent = sent.total();
+    let per_stream = sent.per_stream();
     let total_rx: u64 = rx.flows.iter().map(|f| f.received).sum();
-    let lost: u64 = sent
-        .per_stream
+    let lost: u64 = per_stream
         .iter()
         .zip(&rx.flows)
         .map(|(s, r)| s.saturating_sub(r.received))
@@ -150,7 +150,7 @@ fn report(sent: &sender::Sent, rx: &sink::Received) -> serde_json::Value {
         }
     };
     json!({
-        "flows": sent.per_stream.len(),
+        "flows": per_stream.len(),
         "sent": total_sent,
         "received": total_rx,
         "lost": lost,

@@ -317,16 +317,15 @@ pub fn run(settings: &Settings, prefix: &str, load: &Load, label: &str) -> Resul
     let interrupted = sys::stop_requested();
 
     let mut per_flow = vec![0u64; flow_count];
-    let mut sent_per_phase = vec![0u64; flow_count * phases.len()];
-    for (i, (stream, &count)) in streams.iter().zip(&sent.per_stream).enumerate() {
+    let n_phases = phases.len();
+    let mut sent_per_phase = vec![0u64; flow_count * n_phases];
+    for (stream, counts) in streams.iter().zip(sent.per_stream_phase.chunks(n_phases)) {
         let flow = stream.id as usize;
         if let Some(slot) = per_flow.get_mut(flow) {
-            *slot = count;
+            *slot = counts.iter().sum();
         }
-        for k in 0..phases.len() {
-            if let Some(slot) = sent_per_phase.get_mut(flow * phases.len() + k) {
-                *slot = sent.per_stream_phase[i * phases.len() + k];
-            }
+        if let Some(slots) = sent_per_phase.get_mut(flow * n_phases..(flow + 1) * n_phases) {
+            slots.copy_from_slice(counts);
         }
     }
     let session_ids = sessions.as_ref().map(Created::ids).unwrap_or_default();
